@@ -1,0 +1,1138 @@
+/* The ARQ engine: classic KCP on the wire, selective repeat with per-segment
+ * ACKs plus cumulative UNA, RFC 6298 RTO, fast and early (RACK-like)
+ * retransmit, flow control with zero-window probing, pluggable congestion
+ * control. Sans-I/O: see include/tern/kcp.h for the calling pattern.
+ *
+ * Cost model. Segments in flight sit in a ring indexed by sequence number, so
+ * an ACK or UNA finds its segment in O(1). Retransmission deadlines live in a
+ * binary heap, so timers cost O(log window) and nothing walks the whole send
+ * buffer. In-flight segments are also kept in transmission order; an ACK
+ * batch only visits the segments sent before the newest one it acknowledged
+ * that are still unacknowledged (the holes), which is what loss detection
+ * needs. Segment buffers come from per-engine free lists by size class, so
+ * steady traffic does no malloc. */
+#include <string.h>
+
+#include "common/mem.h"
+#include "kcp/codec.h"
+#include "kcp/engine_internal.h"
+#include "tern/kcp.h"
+
+enum { SEG_QUEUED = 0, SEG_IN_FLIGHT, SEG_LOST, SEG_RECEIVED };
+enum { LOST_TIMEOUT = 0, LOST_FAST, LOST_EARLY };
+enum { PROBE_ASK = 1, PROBE_TELL = 2 };
+enum { N_CLASSES = 3, UNPOOLED = 0xff };
+#define NOT_IN_HEAP UINT32_MAX
+#define NEVER UINT64_MAX
+
+typedef struct seg seg;
+struct seg {
+    seg *prev, *next;     /* the one list it is on: queued, in flight or lost */
+    uint64_t tx_order;    /* order of its latest transmission */
+    tern_ms first_sent, last_sent, deadline;
+    uint32_t sn;
+    uint32_t len;
+    uint32_t cap;         /* payload capacity */
+    uint32_t consumed;    /* stream-mode reads already taken from it */
+    uint32_t rto;         /* this segment's RTO, backed off by its timeouts */
+    uint32_t skips;       /* ACK batches for later transmissions since its last send */
+    uint32_t heap_index;
+    uint16_t xmit;
+    uint8_t frg;
+    uint8_t pool_class;
+    uint8_t state;
+    uint8_t lost_kind;
+    bool early_deadline;  /* deadline pulled in by early retransmit */
+    uint8_t data[];
+};
+
+typedef struct seg_list {
+    seg *head, *tail;
+    uint32_t count;
+} seg_list;
+
+typedef struct pending_ack {
+    uint32_t sn, ts;
+} pending_ack;
+
+/* What one datagram's ACKs and UNA acknowledged, applied after the loop. */
+typedef struct ack_batch {
+    uint64_t bytes;
+    uint64_t newest_order;
+    tern_ms newest_sent;
+    bool have_rtt;
+    uint32_t rtt_echo; /* the newest ts echoed by an ACK that hit a segment */
+} ack_batch;
+
+struct tern_kcp {
+    tern_kcp_settings cfg;
+    tern_kcp_callbacks cb;
+    void *user_data;
+    tern_mem mem;
+    uint32_t mss;
+    tern_ms now;
+    tern_ms epoch; /* ticks fall on epoch + k * interval */
+
+    seg *free_segs[N_CLASSES];
+    uint32_t class_cap[N_CLASSES];
+
+    /* Send side. */
+    seg_list snd_queue; /* not yet sent */
+    seg_list in_flight; /* sent, unacknowledged, in transmission order */
+    seg_list lost;      /* declared lost, waiting to be sent again */
+    seg **snd_ring;     /* [snd_una, snd_nxt) by sn; NULL once acknowledged */
+    uint32_t snd_mask;
+    seg **heap;         /* in-flight segments by deadline */
+    uint32_t heap_len;
+    uint32_t snd_una, snd_nxt;
+    uint32_t rmt_wnd;
+    size_t snd_mem;           /* charged against snd_queue_max */
+    size_t snd_payload;       /* payload bytes unsent or unacknowledged */
+    uint64_t in_flight_bytes; /* payload bytes of in-flight segments */
+    uint64_t tx_counter;
+
+    /* RTT, in 1/8 ms so that the RFC 6298 gains do not truncate to zero. */
+    bool have_rtt;
+    uint64_t srtt8, rttvar8;
+    uint32_t min_rtt;
+    uint32_t rto;
+    uint32_t reorder_mult;       /* early retransmit's reorder window, in min_rtt/4 */
+    uint32_t batches_since_spurious;
+
+    const tern_kcp_cc_ops *cc;
+    void *cc_state;
+    bool cc_owned;
+
+    /* Receive side. rcv_ring covers [rcv_read, rcv_read + rcv_wnd):
+     * [rcv_read, rcv_nxt) is deliverable, beyond it are out-of-order holds. */
+    seg **rcv_ring;
+    uint32_t rcv_mask;
+    uint32_t rcv_read, rcv_nxt;
+    uint32_t rcv_held;       /* segments held beyond rcv_nxt */
+    size_t rcv_ready_bytes;  /* deliverable bytes not yet read */
+    uint32_t last_adv_wnd;
+
+    pending_ack *acks;
+    uint32_t ack_count, ack_cap;
+    tern_ms ack_due;
+
+    uint8_t probe_flags;
+    tern_ms probe_due;
+    uint32_t probe_wait;
+
+    bool dead, dead_reported;
+    tern_kcp_stats st;
+};
+
+/* ---- small helpers ---- */
+
+static uint32_t round_pow2(uint32_t v)
+{
+    uint32_t p = 1;
+    while (p < v)
+        p <<= 1;
+    return p;
+}
+
+static tern_ms min_ms(tern_ms a, tern_ms b)
+{
+    return a < b ? a : b;
+}
+
+static uint32_t clamp_u32(uint64_t v, uint32_t lo, uint32_t hi)
+{
+    return v < lo ? lo : v > hi ? hi : (uint32_t)v;
+}
+
+static void advance_clock(tern_kcp *k, tern_ms now)
+{
+    if (now > k->now)
+        k->now = now;
+}
+
+/* ---- lists ---- */
+
+static void list_append(seg_list *l, seg *s)
+{
+    s->next = NULL;
+    s->prev = l->tail;
+    if (l->tail)
+        l->tail->next = s;
+    else
+        l->head = s;
+    l->tail = s;
+    l->count++;
+}
+
+static void list_remove(seg_list *l, seg *s)
+{
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        l->head = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    else
+        l->tail = s->prev;
+    s->prev = s->next = NULL;
+    l->count--;
+}
+
+static seg *list_pop(seg_list *l)
+{
+    seg *s = l->head;
+    if (s)
+        list_remove(l, s);
+    return s;
+}
+
+/* ---- segment pool ---- */
+
+static size_t seg_charge(const seg *s)
+{
+    return sizeof(seg) + s->cap;
+}
+
+static size_t class_charge(const tern_kcp *k, uint32_t len)
+{
+    for (int c = 0; c < N_CLASSES; c++)
+        if (len <= k->class_cap[c])
+            return sizeof(seg) + k->class_cap[c];
+    return sizeof(seg) + len;
+}
+
+static seg *seg_alloc(tern_kcp *k, uint32_t len)
+{
+    seg *s = NULL;
+    uint8_t cls = UNPOOLED;
+    uint32_t cap = len;
+    for (uint8_t c = 0; c < N_CLASSES; c++) {
+        if (len <= k->class_cap[c]) {
+            cls = c;
+            cap = k->class_cap[c];
+            break;
+        }
+    }
+    if (cls != UNPOOLED && k->free_segs[cls]) {
+        s = k->free_segs[cls];
+        k->free_segs[cls] = s->next;
+    } else {
+        s = tern_mem_alloc(&k->mem, sizeof(seg) + cap);
+        if (!s)
+            return NULL;
+    }
+    memset(s, 0, sizeof(*s));
+    s->cap = cap;
+    s->len = len;
+    s->pool_class = cls;
+    s->heap_index = NOT_IN_HEAP;
+    return s;
+}
+
+static void seg_free(tern_kcp *k, seg *s)
+{
+    if (s->pool_class == UNPOOLED) {
+        tern_mem_free(&k->mem, s);
+        return;
+    }
+    s->next = k->free_segs[s->pool_class];
+    k->free_segs[s->pool_class] = s;
+}
+
+/* ---- timer heap, keyed by deadline ---- */
+
+static void heap_place(tern_kcp *k, uint32_t i, seg *s)
+{
+    k->heap[i] = s;
+    s->heap_index = i;
+}
+
+static void heap_sift_up(tern_kcp *k, uint32_t i)
+{
+    seg *s = k->heap[i];
+    while (i > 0) {
+        uint32_t parent = (i - 1) / 2;
+        if (k->heap[parent]->deadline <= s->deadline)
+            break;
+        heap_place(k, i, k->heap[parent]);
+        i = parent;
+    }
+    heap_place(k, i, s);
+}
+
+static void heap_sift_down(tern_kcp *k, uint32_t i)
+{
+    seg *s = k->heap[i];
+    for (;;) {
+        uint32_t child = 2 * i + 1;
+        if (child >= k->heap_len)
+            break;
+        if (child + 1 < k->heap_len && k->heap[child + 1]->deadline < k->heap[child]->deadline)
+            child++;
+        if (s->deadline <= k->heap[child]->deadline)
+            break;
+        heap_place(k, i, k->heap[child]);
+        i = child;
+    }
+    heap_place(k, i, s);
+}
+
+static void heap_push(tern_kcp *k, seg *s)
+{
+    heap_place(k, k->heap_len++, s);
+    heap_sift_up(k, s->heap_index);
+}
+
+static void heap_remove(tern_kcp *k, seg *s)
+{
+    uint32_t i = s->heap_index;
+    s->heap_index = NOT_IN_HEAP;
+    seg *last = k->heap[--k->heap_len];
+    if (i == k->heap_len)
+        return;
+    heap_place(k, i, last);
+    heap_sift_up(k, i);
+    heap_sift_down(k, last->heap_index);
+}
+
+/* The deadline only ever moves earlier here. */
+static void heap_deadline_earlier(tern_kcp *k, seg *s, tern_ms deadline)
+{
+    s->deadline = deadline;
+    heap_sift_up(k, s->heap_index);
+}
+
+/* ---- RTT and RTO (RFC 6298) ---- */
+
+static uint32_t srtt_ms(const tern_kcp *k)
+{
+    return (uint32_t)(k->srtt8 / 8);
+}
+
+static void rtt_sample(tern_kcp *k, uint32_t rtt)
+{
+    uint64_t r8 = (uint64_t)rtt * 8;
+    if (!k->have_rtt) {
+        k->have_rtt = true;
+        k->srtt8 = r8;
+        k->rttvar8 = r8 / 2;
+        k->min_rtt = rtt;
+    } else {
+        uint64_t delta = k->srtt8 > r8 ? k->srtt8 - r8 : r8 - k->srtt8;
+        k->rttvar8 = (3 * k->rttvar8 + delta) / 4;
+        k->srtt8 = (7 * k->srtt8 + r8) / 8;
+        if (rtt < k->min_rtt)
+            k->min_rtt = rtt;
+    }
+    /* The clock granularity term is the tick: the peer may hold an ACK that
+     * long before it leaves. */
+    uint64_t var = k->rttvar8 * 4 / 8;
+    uint64_t rto = k->srtt8 / 8 + (var > k->cfg.interval_ms ? var : k->cfg.interval_ms);
+    k->rto = clamp_u32(rto, k->cfg.rto_min_ms, k->cfg.rto_max_ms);
+}
+
+/* How long after a later-sent segment was acknowledged an earlier one may
+ * still be merely reordered. Starts at a quarter of the minimum RTT and
+ * grows each time a retransmission proves spurious (RFC 8985's idea). */
+static tern_ms reorder_window(const tern_kcp *k)
+{
+    uint64_t base = k->have_rtt ? k->min_rtt : k->rto;
+    uint64_t w = base * k->reorder_mult / 4;
+    uint64_t cap = k->have_rtt ? srtt_ms(k) : k->rto;
+    if (w > cap)
+        w = cap;
+    return w ? w : 1;
+}
+
+/* ---- windows ---- */
+
+static uint32_t rcv_unused_wnd(const tern_kcp *k)
+{
+    uint32_t used = k->rcv_nxt - k->rcv_read;
+    uint32_t free_wnd = used < k->cfg.rcv_wnd ? k->cfg.rcv_wnd - used : 0;
+    return free_wnd > UINT16_MAX ? UINT16_MAX : free_wnd;
+}
+
+static bool can_send_new(const tern_kcp *k)
+{
+    const seg *s = k->snd_queue.head;
+    if (!s)
+        return false;
+    uint32_t wnd = k->cfg.snd_wnd < k->rmt_wnd ? k->cfg.snd_wnd : k->rmt_wnd;
+    if (k->snd_nxt - k->snd_una >= wnd)
+        return false;
+    if (k->in_flight_bytes == 0)
+        return true;
+    return k->in_flight_bytes + s->len <= k->cc->cwnd(k->cc_state);
+}
+
+static tern_ms next_tick(const tern_kcp *k, tern_ms now)
+{
+    tern_ms interval = k->cfg.interval_ms;
+    return k->epoch + ((now - k->epoch) / interval + 1) * interval;
+}
+
+static void update_probe_timer(tern_kcp *k, tern_ms now)
+{
+    if (k->rmt_wnd != 0 || !k->snd_queue.head) {
+        k->probe_due = NEVER;
+        k->probe_wait = 0;
+        return;
+    }
+    if (k->probe_due == NEVER) {
+        k->probe_wait = k->cfg.probe_min_ms;
+        k->probe_due = now + k->probe_wait;
+    } else if (now >= k->probe_due) {
+        k->probe_flags |= PROBE_ASK;
+        uint64_t next = (uint64_t)k->probe_wait + k->probe_wait / 2;
+        k->probe_wait = clamp_u32(next, k->cfg.probe_min_ms, k->cfg.probe_max_ms);
+        k->probe_due = now + k->probe_wait;
+    }
+}
+
+/* ---- creation ---- */
+
+int tern_kcp_new(tern_kcp **out, const tern_kcp_settings *settings,
+                 const tern_kcp_callbacks *callbacks, void *user_data, const tern_mem *mem,
+                 tern_ms now)
+{
+    if (!out || !settings)
+        return TERN_ERR_INVAL;
+    *out = NULL;
+    int rc = tern_kcp_settings_check(settings);
+    if (rc)
+        return rc;
+    tern_mem m;
+    tern_mem_init(&m, mem);
+    tern_kcp *k = tern_mem_calloc(&m, 1, sizeof(*k));
+    if (!k)
+        return TERN_ERR_NOMEM;
+    k->mem = m;
+    k->cfg = *settings;
+    if (callbacks)
+        k->cb = *callbacks;
+    k->user_data = user_data;
+    k->mss = settings->mtu - TERN_KCP_OVERHEAD;
+    k->now = now;
+    k->epoch = now;
+    k->class_cap[0] = k->mss < 128 ? k->mss : 128;
+    k->class_cap[1] = k->mss < 512 ? k->mss : 512;
+    k->class_cap[2] = k->mss;
+
+    uint32_t snd_cap = round_pow2(settings->snd_wnd);
+    uint32_t rcv_cap = round_pow2(settings->rcv_wnd);
+    k->snd_mask = snd_cap - 1;
+    k->rcv_mask = rcv_cap - 1;
+    k->ack_cap = settings->rcv_wnd + 64;
+    k->snd_ring = tern_mem_calloc(&m, snd_cap, sizeof(seg *));
+    k->heap = tern_mem_calloc(&m, snd_cap, sizeof(seg *));
+    k->rcv_ring = tern_mem_calloc(&m, rcv_cap, sizeof(seg *));
+    k->acks = tern_mem_calloc(&m, k->ack_cap, sizeof(pending_ack));
+
+    k->cc = settings->cc ? settings->cc : tern_kcp_cc_find("none");
+    if (settings->cc_state) {
+        k->cc_state = settings->cc_state;
+    } else if (k->cc->state_size) {
+        k->cc_state = tern_mem_calloc(&m, 1, k->cc->state_size);
+        k->cc_owned = true;
+    }
+    if (!k->snd_ring || !k->heap || !k->rcv_ring || !k->acks ||
+        (k->cc->state_size && !k->cc_state)) {
+        tern_kcp_del(k);
+        return TERN_ERR_NOMEM;
+    }
+    if (k->cc_owned)
+        k->cc->init(k->cc_state, k->mss, now);
+
+    k->rmt_wnd = settings->rcv_wnd; /* assume the peer is like us until it says */
+    k->rto = settings->rto_initial_ms;
+    k->reorder_mult = 1;
+    k->ack_due = NEVER;
+    k->probe_due = NEVER;
+    k->last_adv_wnd = settings->rcv_wnd;
+    *out = k;
+    return 0;
+}
+
+static void free_list(tern_kcp *k, seg_list *l)
+{
+    seg *s;
+    while ((s = list_pop(l)) != NULL)
+        seg_free(k, s);
+}
+
+void tern_kcp_del(tern_kcp *k)
+{
+    if (!k)
+        return;
+    free_list(k, &k->snd_queue);
+    free_list(k, &k->in_flight);
+    free_list(k, &k->lost);
+    if (k->rcv_ring) {
+        for (uint32_t i = 0; i <= k->rcv_mask; i++)
+            if (k->rcv_ring[i])
+                seg_free(k, k->rcv_ring[i]);
+    }
+    for (int c = 0; c < N_CLASSES; c++) {
+        seg *s = k->free_segs[c];
+        while (s) {
+            seg *next = s->next;
+            tern_mem_free(&k->mem, s);
+            s = next;
+        }
+    }
+    if (k->cc_owned)
+        tern_mem_free(&k->mem, k->cc_state);
+    tern_mem_free(&k->mem, k->snd_ring);
+    tern_mem_free(&k->mem, k->heap);
+    tern_mem_free(&k->mem, k->rcv_ring);
+    tern_mem_free(&k->mem, k->acks);
+    tern_mem m = k->mem;
+    tern_mem_free(&m, k);
+}
+
+void *tern_kcp_user_data(const tern_kcp *k)
+{
+    return k ? k->user_data : NULL;
+}
+
+/* ---- application send ---- */
+
+size_t tern_kcp_max_message(const tern_kcp *k)
+{
+    size_t per_seg = sizeof(seg) + k->mss;
+    size_t fit = k->cfg.snd_queue_max / per_seg;
+    if (k->cfg.mode == TERN_KCP_MODE_MESSAGE && fit > TERN_KCP_MAX_FRAGMENTS)
+        fit = TERN_KCP_MAX_FRAGMENTS;
+    return fit * k->mss;
+}
+
+static void queue_segment(tern_kcp *k, seg *s)
+{
+    s->state = SEG_QUEUED;
+    list_append(&k->snd_queue, s);
+    k->snd_mem += seg_charge(s);
+    k->snd_payload += s->len;
+}
+
+static int send_message(tern_kcp *k, const uint8_t *data, size_t len)
+{
+    uint32_t count = len == 0 ? 1 : (uint32_t)((len + k->mss - 1) / k->mss);
+    size_t charge = 0;
+    for (uint32_t i = 0; i < count; i++) {
+        size_t part = len - (size_t)i * k->mss;
+        charge += class_charge(k, (uint32_t)(part < k->mss ? part : k->mss));
+    }
+    if (k->snd_mem + charge > k->cfg.snd_queue_max)
+        return TERN_ERR_WOULDBLOCK;
+    /* Allocate every fragment before queueing any: a message is sent whole
+     * or not at all. */
+    seg_list parts = {0};
+    for (uint32_t i = 0; i < count; i++) {
+        size_t off = (size_t)i * k->mss;
+        uint32_t part = (uint32_t)(len - off < k->mss ? len - off : k->mss);
+        seg *s = seg_alloc(k, part);
+        if (!s) {
+            free_list(k, &parts);
+            return TERN_ERR_NOMEM;
+        }
+        if (part)
+            memcpy(s->data, data + off, part);
+        s->frg = (uint8_t)(count - 1 - i);
+        list_append(&parts, s);
+    }
+    seg *s;
+    while ((s = list_pop(&parts)) != NULL)
+        queue_segment(k, s);
+    k->st.msgs_sent++;
+    return 0;
+}
+
+static int send_stream(tern_kcp *k, const uint8_t *data, size_t len)
+{
+    seg *tail = k->snd_queue.tail;
+    size_t room = tail ? tail->cap - tail->len : 0;
+    size_t rest = len > room ? len - room : 0;
+    size_t new_segs = (rest + k->mss - 1) / k->mss;
+    if (k->snd_mem + new_segs * (sizeof(seg) + k->mss) > k->cfg.snd_queue_max)
+        return TERN_ERR_WOULDBLOCK;
+    seg_list fresh = {0};
+    for (size_t i = 0; i < new_segs; i++) {
+        seg *s = seg_alloc(k, k->mss);
+        if (!s) {
+            free_list(k, &fresh);
+            return TERN_ERR_NOMEM;
+        }
+        s->len = 0;
+        list_append(&fresh, s);
+    }
+    size_t taken = len < room ? len : room;
+    if (taken) {
+        memcpy(tail->data + tail->len, data, taken);
+        tail->len += (uint32_t)taken;
+        k->snd_payload += taken;
+    }
+    seg *s;
+    while ((s = list_pop(&fresh)) != NULL) {
+        uint32_t part = (uint32_t)(len - taken < k->mss ? len - taken : k->mss);
+        memcpy(s->data, data + taken, part);
+        s->len = part;
+        taken += part;
+        queue_segment(k, s);
+    }
+    return 0;
+}
+
+int tern_kcp_send(tern_kcp *k, const void *data, size_t len, tern_ms now)
+{
+    if (!k || (!data && len))
+        return TERN_ERR_INVAL;
+    advance_clock(k, now);
+    if (k->dead)
+        return TERN_ERR_DEADLINK;
+    if (len > tern_kcp_max_message(k))
+        return TERN_ERR_MSGSIZE;
+    int rc;
+    if (k->cfg.mode == TERN_KCP_MODE_MESSAGE)
+        rc = send_message(k, data, len);
+    else
+        rc = len ? send_stream(k, data, len) : 0;
+    update_probe_timer(k, k->now);
+    return rc;
+}
+
+/* ---- application receive ---- */
+
+static seg *rcv_slot(const tern_kcp *k, uint32_t sn)
+{
+    return k->rcv_ring[sn & k->rcv_mask];
+}
+
+/* Message mode: the segments from rcv_read up to the first with frg == 0. */
+static tern_ssize message_size(const tern_kcp *k, uint32_t *segments)
+{
+    size_t size = 0;
+    for (uint32_t sn = k->rcv_read; sn != k->rcv_nxt; sn++) {
+        const seg *s = rcv_slot(k, sn);
+        size += s->len;
+        if (s->frg == 0) {
+            *segments = sn - k->rcv_read + 1;
+            return (tern_ssize)size;
+        }
+    }
+    return TERN_ERR_AGAIN;
+}
+
+tern_ssize tern_kcp_peek_size(const tern_kcp *k)
+{
+    if (!k)
+        return TERN_ERR_INVAL;
+    if (k->cfg.mode == TERN_KCP_MODE_STREAM)
+        return k->rcv_ready_bytes ? (tern_ssize)k->rcv_ready_bytes : TERN_ERR_AGAIN;
+    uint32_t segments;
+    return message_size(k, &segments);
+}
+
+static void release_read(tern_kcp *k, uint32_t sn)
+{
+    seg **slot = &k->rcv_ring[sn & k->rcv_mask];
+    seg_free(k, *slot);
+    *slot = NULL;
+}
+
+static void after_read(tern_kcp *k)
+{
+    /* The peer stopped sending because we said our window was full; tell it
+     * at once that there is room again rather than wait for its probe. */
+    if (k->last_adv_wnd == 0 && rcv_unused_wnd(k) > 0)
+        k->probe_flags |= PROBE_TELL;
+}
+
+static tern_ssize recv_message(tern_kcp *k, uint8_t *buf, size_t cap)
+{
+    uint32_t segments = 0;
+    tern_ssize size = message_size(k, &segments);
+    if (size == TERN_ERR_AGAIN) {
+        /* A full window holding no message end can never complete: the peer
+         * sent a message larger than our window. Drop it so the stream moves
+         * on, and say so. */
+        if (k->rcv_nxt - k->rcv_read < k->cfg.rcv_wnd)
+            return TERN_ERR_AGAIN;
+        while (k->rcv_read != k->rcv_nxt) {
+            k->rcv_ready_bytes -= rcv_slot(k, k->rcv_read)->len;
+            release_read(k, k->rcv_read++);
+        }
+        k->st.malformed++;
+        after_read(k);
+        return TERN_ERR_MSGSIZE;
+    }
+    if ((size_t)size > cap)
+        return TERN_ERR_NOBUFS;
+    size_t off = 0;
+    for (uint32_t i = 0; i < segments; i++) {
+        seg *s = rcv_slot(k, k->rcv_read);
+        if (s->len)
+            memcpy(buf + off, s->data, s->len);
+        off += s->len;
+        k->rcv_ready_bytes -= s->len;
+        release_read(k, k->rcv_read++);
+    }
+    k->st.msgs_recv++;
+    after_read(k);
+    return size;
+}
+
+static tern_ssize recv_stream(tern_kcp *k, uint8_t *buf, size_t cap)
+{
+    if (!k->rcv_ready_bytes)
+        return TERN_ERR_AGAIN;
+    size_t off = 0;
+    while (off < cap && k->rcv_read != k->rcv_nxt) {
+        seg *s = rcv_slot(k, k->rcv_read);
+        size_t avail = s->len - s->consumed;
+        size_t n = avail < cap - off ? avail : cap - off;
+        if (n)
+            memcpy(buf + off, s->data + s->consumed, n);
+        off += n;
+        s->consumed += (uint32_t)n;
+        if (s->consumed == s->len)
+            release_read(k, k->rcv_read++);
+    }
+    k->rcv_ready_bytes -= off;
+    after_read(k);
+    return (tern_ssize)off;
+}
+
+tern_ssize tern_kcp_recv(tern_kcp *k, void *buf, size_t cap, tern_ms now)
+{
+    if (!k || (!buf && cap))
+        return TERN_ERR_INVAL;
+    advance_clock(k, now);
+    if (k->cfg.mode == TERN_KCP_MODE_MESSAGE)
+        return recv_message(k, buf, cap);
+    return recv_stream(k, buf, cap);
+}
+
+/* ---- loss detection ---- */
+
+static void declare_lost(tern_kcp *k, seg *s, uint8_t kind, tern_ms now)
+{
+    heap_remove(k, s);
+    list_remove(&k->in_flight, s);
+    k->in_flight_bytes -= s->len;
+    s->state = SEG_LOST;
+    s->lost_kind = kind;
+    list_append(&k->lost, s);
+    k->st.lost++;
+    if (kind == LOST_TIMEOUT) {
+        uint64_t rto = k->cfg.backoff == TERN_KCP_BACKOFF_X2 ? (uint64_t)s->rto * 2
+                                                             : (uint64_t)s->rto + s->rto / 2;
+        s->rto = clamp_u32(rto, k->cfg.rto_min_ms, k->cfg.rto_max_ms);
+    }
+    k->cc->on_loss(k->cc_state, kind == LOST_TIMEOUT ? TERN_KCP_LOSS_TIMEOUT : TERN_KCP_LOSS_FAST,
+                   s->len, s->last_sent, k->in_flight_bytes, now);
+}
+
+/* Segments sent before the newest one just acknowledged, and still not
+ * acknowledged, were skipped: fast retransmit counts skips, early retransmit
+ * gives them a reorder window's grace after the time the newest one took. */
+static void detect_losses(tern_kcp *k, const ack_batch *b, tern_ms now)
+{
+    tern_ms rack_rtt = now - b->newest_sent;
+    tern_ms grace = reorder_window(k);
+    seg *s = k->in_flight.head;
+    while (s && s->tx_order < b->newest_order) {
+        seg *next = s->next;
+        s->skips++;
+        bool fast_allowed = k->cfg.fast_limit == 0 || s->xmit <= k->cfg.fast_limit;
+        if (k->cfg.fast_resend && s->skips >= k->cfg.fast_resend && fast_allowed) {
+            declare_lost(k, s, LOST_FAST, now);
+        } else if (k->cfg.early_retransmit) {
+            tern_ms when = s->last_sent + rack_rtt + grace;
+            if (when <= now)
+                declare_lost(k, s, LOST_EARLY, now);
+            else if (when < s->deadline) {
+                s->early_deadline = true;
+                heap_deadline_earlier(k, s, when);
+            }
+        }
+        s = next;
+    }
+}
+
+/* ---- input ---- */
+
+static void ack_segment(tern_kcp *k, seg *s, ack_batch *b)
+{
+    if (s->state == SEG_IN_FLIGHT) {
+        heap_remove(k, s);
+        list_remove(&k->in_flight, s);
+        k->in_flight_bytes -= s->len;
+    } else {
+        list_remove(&k->lost, s);
+    }
+    b->bytes += s->len;
+    if (s->tx_order > b->newest_order) {
+        b->newest_order = s->tx_order;
+        b->newest_sent = s->last_sent;
+    }
+    k->snd_mem -= seg_charge(s);
+    k->snd_payload -= s->len;
+    k->snd_ring[s->sn & k->snd_mask] = NULL;
+    seg_free(k, s);
+}
+
+static void shrink_snd_window(tern_kcp *k)
+{
+    while (k->snd_una != k->snd_nxt && !k->snd_ring[k->snd_una & k->snd_mask])
+        k->snd_una++;
+}
+
+static void apply_una(tern_kcp *k, uint32_t una, ack_batch *b)
+{
+    /* An UNA beyond what we sent acknowledges nothing real: ignore it. */
+    if (tern_kcp_diff32(una, k->snd_una) <= 0 || tern_kcp_diff32(una, k->snd_nxt) > 0)
+        return;
+    for (uint32_t sn = k->snd_una; sn != una; sn++) {
+        seg *s = k->snd_ring[sn & k->snd_mask];
+        if (s)
+            ack_segment(k, s, b);
+    }
+    k->snd_una = una;
+    shrink_snd_window(k);
+}
+
+static void apply_ack(tern_kcp *k, const tern_kcp_hdr *h, ack_batch *b)
+{
+    k->st.acks_recv++;
+    if (tern_kcp_diff32(h->sn, k->snd_una) < 0 || tern_kcp_diff32(h->sn, k->snd_nxt) >= 0)
+        return;
+    seg *s = k->snd_ring[h->sn & k->snd_mask];
+    if (!s)
+        return;
+    uint32_t now32 = (uint32_t)k->now;
+    /* Take RTT only from an echo of one of this segment's own sends. */
+    if (tern_kcp_diff32(now32, h->ts) >= 0 && tern_kcp_diff32(h->ts, (uint32_t)s->first_sent) >= 0) {
+        if (!b->have_rtt || tern_kcp_diff32(h->ts, b->rtt_echo) > 0) {
+            b->have_rtt = true;
+            b->rtt_echo = h->ts;
+        }
+        /* The echo names an earlier send than the latest: the original got
+         * through and our fast/early retransmission was spurious, so the
+         * path reorders more than we allowed for. */
+        if (s->xmit > 1 && s->lost_kind != LOST_TIMEOUT &&
+            tern_kcp_diff32(h->ts, (uint32_t)s->last_sent) < 0) {
+            if (k->reorder_mult < 4)
+                k->reorder_mult++;
+            k->batches_since_spurious = 0;
+        }
+    }
+    ack_segment(k, s, b);
+    shrink_snd_window(k);
+}
+
+static void queue_ack(tern_kcp *k, uint32_t sn, uint32_t ts)
+{
+    if (k->ack_count == k->ack_cap) {
+        /* Cumulative UNA in every segment still covers what is dropped here. */
+        k->ack_due = k->now;
+        return;
+    }
+    if (k->ack_count == 0)
+        k->ack_due = k->cfg.ack_nodelay ? k->now : next_tick(k, k->now);
+    k->acks[k->ack_count++] = (pending_ack){sn, ts};
+}
+
+static void accept_data(tern_kcp *k, const tern_kcp_hdr *h, const uint8_t *payload)
+{
+    int32_t offset = tern_kcp_diff32(h->sn, k->rcv_read);
+    if (offset < 0) {
+        /* Already delivered: the peer missed our ACK, so ACK it again. */
+        k->st.dup_segs++;
+        queue_ack(k, h->sn, h->ts);
+        return;
+    }
+    if ((uint32_t)offset >= k->cfg.rcv_wnd) {
+        k->st.out_of_window++;
+        return;
+    }
+    seg **slot = &k->rcv_ring[h->sn & k->rcv_mask];
+    if (tern_kcp_diff32(h->sn, k->rcv_nxt) < 0 || *slot) {
+        k->st.dup_segs++;
+        queue_ack(k, h->sn, h->ts);
+        return;
+    }
+    seg *s = seg_alloc(k, h->len);
+    if (!s)
+        return; /* not acknowledged: the peer will send it again */
+    if (h->len)
+        memcpy(s->data, payload, h->len);
+    s->sn = h->sn;
+    s->frg = k->cfg.mode == TERN_KCP_MODE_STREAM ? 0 : h->frg;
+    s->state = SEG_RECEIVED;
+    *slot = s;
+    k->st.bytes_recv += h->len;
+    queue_ack(k, h->sn, h->ts);
+    if (h->sn != k->rcv_nxt) {
+        k->rcv_held++;
+        return;
+    }
+    k->rcv_ready_bytes += s->len;
+    k->rcv_nxt++;
+    while ((s = rcv_slot(k, k->rcv_nxt)) != NULL && k->rcv_nxt - k->rcv_read < k->cfg.rcv_wnd) {
+        k->rcv_held--;
+        k->rcv_ready_bytes += s->len;
+        k->rcv_nxt++;
+    }
+}
+
+int tern_kcp_read_pkt(tern_kcp *k, const uint8_t *pkt, size_t len, tern_ms now)
+{
+    if (!k || !pkt)
+        return TERN_ERR_INVAL;
+    advance_clock(k, now);
+    int check = tern_kcp_datagram_check(pkt, len, k->cfg.conv);
+    if (check == TERN_ERR_CONV) {
+        k->st.conv_mismatch++;
+        return check;
+    }
+    if (check < 0) {
+        k->st.malformed++;
+        return check;
+    }
+    k->st.datagrams_recv++;
+    ack_batch b = {0};
+    size_t off = 0;
+    while (off < len) {
+        tern_kcp_hdr h;
+        tern_kcp_hdr_decode(pkt + off, &h);
+        off += TERN_KCP_OVERHEAD;
+        k->st.segs_recv++;
+        k->rmt_wnd = h.wnd;
+        /* An ACK is applied before its own UNA, which usually covers it too:
+         * the other way round, the segment would be gone and with it the
+         * RTT sample its echoed ts carries. */
+        if (h.cmd == TERN_KCP_CMD_ACK)
+            apply_ack(k, &h, &b);
+        apply_una(k, h.una, &b);
+        switch (h.cmd) {
+        case TERN_KCP_CMD_ACK:
+            break;
+        case TERN_KCP_CMD_PUSH:
+            accept_data(k, &h, pkt + off);
+            break;
+        case TERN_KCP_CMD_WASK:
+            k->probe_flags |= PROBE_TELL;
+            break;
+        default: /* WINS: its wnd was taken above */
+            break;
+        }
+        off += h.len;
+    }
+    if (b.have_rtt)
+        rtt_sample(k, (uint32_t)tern_kcp_diff32((uint32_t)k->now, b.rtt_echo));
+    if (b.bytes)
+        k->cc->on_ack(k->cc_state, b.bytes, b.newest_sent, k->in_flight_bytes, k->now);
+    if (b.newest_order) {
+        detect_losses(k, &b, k->now);
+        /* Forget old evidence of reordering slowly, so one burst of it does
+         * not slow loss detection for the rest of the connection. */
+        if (++k->batches_since_spurious >= 1024 && k->reorder_mult > 1) {
+            k->reorder_mult--;
+            k->batches_since_spurious = 0;
+        }
+    }
+    update_probe_timer(k, k->now);
+    return 0;
+}
+
+/* ---- output ---- */
+
+static void transmit(tern_kcp *k, seg *s, tern_ms now)
+{
+    if (s->xmit == 0) {
+        s->first_sent = now;
+        s->rto = k->rto;
+        k->st.bytes_sent += s->len;
+    } else if (s->lost_kind == LOST_TIMEOUT) {
+        k->st.retrans_timeout++;
+    } else if (s->lost_kind == LOST_FAST) {
+        k->st.retrans_fast++;
+    } else {
+        k->st.retrans_early++;
+    }
+    if (s->xmit < UINT16_MAX)
+        s->xmit++;
+    s->last_sent = now;
+    s->tx_order = ++k->tx_counter;
+    s->deadline = now + s->rto;
+    s->early_deadline = false;
+    s->skips = 0;
+    s->state = SEG_IN_FLIGHT;
+    list_append(&k->in_flight, s);
+    k->in_flight_bytes += s->len;
+    heap_push(k, s);
+    if (s->xmit >= k->cfg.dead_link)
+        k->dead = true;
+}
+
+static size_t put_segment(tern_kcp *k, uint8_t *out, uint8_t cmd, uint8_t frg, uint16_t wnd,
+                          uint32_t ts, uint32_t sn, const uint8_t *payload, uint32_t len)
+{
+    tern_kcp_hdr h = {k->cfg.conv, cmd, frg, wnd, ts, sn, k->rcv_nxt, len};
+    tern_kcp_hdr_encode(out, &h);
+    if (len)
+        memcpy(out + TERN_KCP_OVERHEAD, payload, len);
+    k->st.segs_sent++;
+    return TERN_KCP_OVERHEAD + len;
+}
+
+/* The next data segment to send, without taking it: a lost one first, then
+ * new data if the windows allow. */
+static seg *next_data(const tern_kcp *k)
+{
+    if (k->lost.head)
+        return k->lost.head;
+    return can_send_new(k) ? k->snd_queue.head : NULL;
+}
+
+static void take_data(tern_kcp *k, seg *s)
+{
+    if (s->state == SEG_LOST) {
+        list_remove(&k->lost, s);
+        return;
+    }
+    list_remove(&k->snd_queue, s);
+    s->sn = k->snd_nxt++;
+    k->snd_ring[s->sn & k->snd_mask] = s;
+}
+
+tern_ssize tern_kcp_write_pkt(tern_kcp *k, uint8_t *dest, size_t cap, tern_ms now)
+{
+    if (!k || !dest)
+        return TERN_ERR_INVAL;
+    advance_clock(k, now);
+    now = k->now;
+    if (k->dead)
+        return TERN_ERR_DEADLINK;
+    if (cap < k->cfg.mtu)
+        return TERN_ERR_NOBUFS;
+    seg *data = next_data(k);
+    bool acks_due = k->ack_count && k->ack_due <= now;
+    if (!data && !k->probe_flags && !acks_due && !(k->ack_count && data))
+        return 0;
+
+    size_t limit = k->cfg.mtu;
+    size_t off = 0;
+    uint16_t wnd = (uint16_t)rcv_unused_wnd(k);
+    uint32_t now32 = (uint32_t)now;
+
+    /* ACKs ride first, whether due or not: they are cheapest now. */
+    uint32_t written = 0;
+    while (written < k->ack_count && off + TERN_KCP_OVERHEAD <= limit) {
+        const pending_ack *a = &k->acks[written++];
+        off += put_segment(k, dest + off, TERN_KCP_CMD_ACK, 0, wnd, a->ts, a->sn, NULL, 0);
+        k->st.acks_sent++;
+    }
+    if (written) {
+        k->ack_count -= written;
+        memmove(k->acks, k->acks + written, k->ack_count * sizeof(pending_ack));
+        k->ack_due = k->ack_count ? now : NEVER;
+    }
+    if ((k->probe_flags & PROBE_ASK) && off + TERN_KCP_OVERHEAD <= limit) {
+        off += put_segment(k, dest + off, TERN_KCP_CMD_WASK, 0, wnd, now32, 0, NULL, 0);
+        k->probe_flags &= (uint8_t)~PROBE_ASK;
+        k->st.probes_sent++;
+    }
+    if ((k->probe_flags & PROBE_TELL) && off + TERN_KCP_OVERHEAD <= limit) {
+        off += put_segment(k, dest + off, TERN_KCP_CMD_WINS, 0, wnd, now32, 0, NULL, 0);
+        k->probe_flags &= (uint8_t)~PROBE_TELL;
+        k->st.probes_sent++;
+    }
+    while ((data = next_data(k)) != NULL && off + TERN_KCP_OVERHEAD + data->len <= limit) {
+        take_data(k, data);
+        off += put_segment(k, dest + off, TERN_KCP_CMD_PUSH, data->frg, wnd, now32, data->sn,
+                           data->data, data->len);
+        transmit(k, data, now);
+    }
+    k->last_adv_wnd = wnd;
+    k->st.datagrams_sent++;
+    if (k->dead && !k->dead_reported) {
+        k->dead_reported = true;
+        if (k->cb.dead_link)
+            k->cb.dead_link(k, k->user_data);
+    }
+    return (tern_ssize)off;
+}
+
+/* ---- timers ---- */
+
+tern_ms tern_kcp_get_expiry(const tern_kcp *k)
+{
+    if (!k || k->dead)
+        return NEVER;
+    if (k->probe_flags || next_data(k))
+        return k->now;
+    tern_ms t = k->ack_count ? k->ack_due : NEVER;
+    if (k->heap_len)
+        t = min_ms(t, k->heap[0]->deadline);
+    return min_ms(t, k->probe_due);
+}
+
+int tern_kcp_handle_expiry(tern_kcp *k, tern_ms now)
+{
+    if (!k)
+        return TERN_ERR_INVAL;
+    advance_clock(k, now);
+    if (k->dead)
+        return TERN_ERR_DEADLINK;
+    while (k->heap_len && k->heap[0]->deadline <= k->now) {
+        seg *s = k->heap[0];
+        declare_lost(k, s, s->early_deadline ? LOST_EARLY : LOST_TIMEOUT, k->now);
+    }
+    update_probe_timer(k, k->now);
+    return 0;
+}
+
+/* ---- introspection ---- */
+
+bool tern_kcp_is_dead(const tern_kcp *k)
+{
+    return k && k->dead;
+}
+
+size_t tern_kcp_unacked_bytes(const tern_kcp *k)
+{
+    return k ? k->snd_payload : 0;
+}
+
+void tern_kcp_get_stats(const tern_kcp *k, tern_kcp_stats *out)
+{
+    if (!k || !out)
+        return;
+    *out = k->st;
+    out->srtt_ms = srtt_ms(k);
+    out->rttvar_ms = (uint32_t)(k->rttvar8 / 8);
+    out->rto_ms = k->rto;
+    out->cwnd_bytes = k->cc->cwnd(k->cc_state);
+    out->ssthresh_bytes = k->cc->ssthresh(k->cc_state);
+    out->in_flight_bytes = k->in_flight_bytes;
+    out->in_flight_segs = k->in_flight.count;
+    out->snd_queue_segs = k->snd_queue.count;
+    out->snd_queue_bytes = k->snd_payload;
+    out->rcv_buf_segs = k->rcv_held;
+    out->rcv_queue_segs = k->rcv_nxt - k->rcv_read;
+    out->rmt_wnd = k->rmt_wnd;
+}
+
+/* ---- test hooks (kcp/engine_internal.h) ---- */
+
+int tern_kcp_test_set_sequence(tern_kcp *k, uint32_t snd_nxt, uint32_t rcv_nxt)
+{
+    if (!k || k->snd_nxt != k->snd_una || k->snd_queue.head || k->rcv_read != k->rcv_nxt ||
+        k->rcv_held || k->tx_counter)
+        return TERN_ERR_INVAL;
+    k->snd_una = k->snd_nxt = snd_nxt;
+    k->rcv_read = k->rcv_nxt = rcv_nxt;
+    return 0;
+}
