@@ -39,13 +39,14 @@ static const tern_kcp_cc_ops cc_none = {
 
 /* NewReno in the manner of RFC 5681 / RFC 9002: byte-counted growth, one
  * reduction per loss episode (a loss of a segment sent before the episode
- * began does not reduce again), no growth while recovering. */
+ * began belongs to it and does not reduce again), no growth from ACKs of
+ * segments sent before the episode began. */
 typedef struct reno {
     uint64_t cwnd;
     uint64_t ssthresh;
     uint64_t acked_in_avoidance;
     uint32_t mss;
-    bool recovering;
+    bool had_episode;
     tern_ms recovery_start;
 } reno;
 
@@ -72,9 +73,9 @@ static uint64_t reno_ssthresh(const void *state)
     return ((const reno *)state)->ssthresh;
 }
 
-static bool sent_before_recovery(const reno *r, tern_ms sent_at)
+static bool in_episode(const reno *r, tern_ms sent_at)
 {
-    return r->recovering && sent_at <= r->recovery_start;
+    return r->had_episode && sent_at <= r->recovery_start;
 }
 
 static void reno_on_ack(void *state, uint64_t bytes, tern_ms sent_at, uint64_t in_flight,
@@ -82,9 +83,8 @@ static void reno_on_ack(void *state, uint64_t bytes, tern_ms sent_at, uint64_t i
 {
     (void)in_flight, (void)now;
     reno *r = state;
-    if (sent_before_recovery(r, sent_at))
+    if (in_episode(r, sent_at))
         return;
-    r->recovering = false;
     if (r->cwnd < r->ssthresh) {
         r->cwnd += bytes;
         return;
@@ -101,16 +101,14 @@ static void reno_on_loss(void *state, tern_kcp_loss_kind kind, uint64_t bytes, t
 {
     (void)bytes, (void)in_flight;
     reno *r = state;
+    if (in_episode(r, sent_at))
+        return;
     uint64_t floor = (uint64_t)r->mss * 2;
-    if (!sent_before_recovery(r, sent_at)) {
-        r->ssthresh = r->cwnd / 2 > floor ? r->cwnd / 2 : floor;
-        r->cwnd = r->ssthresh;
-        r->acked_in_avoidance = 0;
-        r->recovering = true;
-        r->recovery_start = now;
-    }
-    if (kind == TERN_KCP_LOSS_TIMEOUT)
-        r->cwnd = r->mss;
+    r->ssthresh = r->cwnd / 2 > floor ? r->cwnd / 2 : floor;
+    r->cwnd = kind == TERN_KCP_LOSS_TIMEOUT ? r->mss : r->ssthresh;
+    r->acked_in_avoidance = 0;
+    r->had_episode = true;
+    r->recovery_start = now;
 }
 
 static const tern_kcp_cc_ops cc_reno = {

@@ -22,6 +22,12 @@ enum { SEG_QUEUED = 0, SEG_IN_FLIGHT, SEG_LOST, SEG_RECEIVED };
 enum { LOST_TIMEOUT = 0, LOST_FAST, LOST_EARLY };
 enum { PROBE_ASK = 1, PROBE_TELL = 2 };
 enum { N_CLASSES = 3, UNPOOLED = 0xff };
+/* A receiver holding this many unsent ACKs sends them without waiting for
+ * ack_delay, so a bulk sender's ACK clock keeps ticking. */
+enum { ACK_EVERY = 16 };
+/* Bundling is for thin streams (RDB's notion): with more than this many
+ * segments in flight the stream is bulk and copies would only add load. */
+enum { BUNDLE_THIN_SEGS = 16 };
 #define NOT_IN_HEAP UINT32_MAX
 #define NEVER UINT64_MAX
 
@@ -58,7 +64,7 @@ typedef struct pending_ack {
 /* What one datagram's ACKs and UNA acknowledged, applied after the loop. */
 typedef struct ack_batch {
     uint64_t bytes;
-    uint64_t newest_order;
+    uint64_t newest_order; /* the newest transmission known delivered, 0 if none */
     tern_ms newest_sent;
     bool have_rtt;
     uint32_t rtt_echo; /* the newest ts echoed by an ACK that hit a segment */
@@ -71,7 +77,6 @@ struct tern_kcp {
     tern_mem mem;
     uint32_t mss;
     tern_ms now;
-    tern_ms epoch; /* ticks fall on epoch + k * interval */
 
     seg *free_segs[N_CLASSES];
     uint32_t class_cap[N_CLASSES];
@@ -324,10 +329,13 @@ static void rtt_sample(tern_kcp *k, uint32_t rtt)
         if (rtt < k->min_rtt)
             k->min_rtt = rtt;
     }
-    /* The clock granularity term is the tick: the peer may hold an ACK that
-     * long before it leaves. */
+    /* RFC 6298 with KCP's interval as the clock granularity, plus the
+     * longest the peer may hold an ACK (RFC 9002's max_ack_delay; we assume
+     * the peer runs our settings): a late ACK is not a lost segment. */
     uint64_t var = k->rttvar8 * 4 / 8;
-    uint64_t rto = k->srtt8 / 8 + (var > k->cfg.interval_ms ? var : k->cfg.interval_ms);
+    uint64_t peer_ack_delay = k->cfg.ack_nodelay ? 0 : k->cfg.ack_delay_ms;
+    uint64_t rto = k->srtt8 / 8 + (var > k->cfg.interval_ms ? var : k->cfg.interval_ms) +
+                   peer_ack_delay;
     k->rto = clamp_u32(rto, k->cfg.rto_min_ms, k->cfg.rto_max_ms);
 }
 
@@ -353,6 +361,13 @@ static uint32_t rcv_unused_wnd(const tern_kcp *k)
     return free_wnd > UINT16_MAX ? UINT16_MAX : free_wnd;
 }
 
+/* The congestion window covers retransmissions as well as new data: resent
+ * segments sent past it into a full queue would only be lost again. */
+static bool cwnd_allows(const tern_kcp *k, const seg *s)
+{
+    return k->in_flight_bytes == 0 || k->in_flight_bytes + s->len <= k->cc->cwnd(k->cc_state);
+}
+
 static bool can_send_new(const tern_kcp *k)
 {
     const seg *s = k->snd_queue.head;
@@ -361,15 +376,7 @@ static bool can_send_new(const tern_kcp *k)
     uint32_t wnd = k->cfg.snd_wnd < k->rmt_wnd ? k->cfg.snd_wnd : k->rmt_wnd;
     if (k->snd_nxt - k->snd_una >= wnd)
         return false;
-    if (k->in_flight_bytes == 0)
-        return true;
-    return k->in_flight_bytes + s->len <= k->cc->cwnd(k->cc_state);
-}
-
-static tern_ms next_tick(const tern_kcp *k, tern_ms now)
-{
-    tern_ms interval = k->cfg.interval_ms;
-    return k->epoch + ((now - k->epoch) / interval + 1) * interval;
+    return cwnd_allows(k, s);
 }
 
 static void update_probe_timer(tern_kcp *k, tern_ms now)
@@ -414,7 +421,6 @@ int tern_kcp_new(tern_kcp **out, const tern_kcp_settings *settings,
     k->user_data = user_data;
     k->mss = settings->mtu - TERN_KCP_OVERHEAD;
     k->now = now;
-    k->epoch = now;
     k->class_cap[0] = k->mss < 128 ? k->mss : 128;
     k->class_cap[1] = k->mss < 512 ? k->mss : 512;
     k->class_cap[2] = k->mss;
@@ -733,8 +739,8 @@ static void declare_lost(tern_kcp *k, seg *s, uint8_t kind, tern_ms now)
                    s->len, s->last_sent, k->in_flight_bytes, now);
 }
 
-/* Segments sent before the newest one just acknowledged, and still not
- * acknowledged, were skipped: fast retransmit counts skips, early retransmit
+/* Segments sent before the newest transmission just acknowledged, and still
+ * not acknowledged, were skipped: fast retransmit counts skips, early retransmit
  * gives them a reorder window's grace after the time the newest one took. */
 static void detect_losses(tern_kcp *k, const ack_batch *b, tern_ms now)
 {
@@ -762,7 +768,10 @@ static void detect_losses(tern_kcp *k, const ack_batch *b, tern_ms now)
 
 /* ---- input ---- */
 
-static void ack_segment(tern_kcp *k, seg *s, ack_batch *b)
+/* latest: the ACK is known to be for the segment's latest transmission.
+ * An ACK for an older one (the original of a segment since resent) must not
+ * make everything sent in between look skipped. */
+static void ack_segment(tern_kcp *k, seg *s, ack_batch *b, bool latest)
 {
     if (s->state == SEG_IN_FLIGHT) {
         heap_remove(k, s);
@@ -772,7 +781,7 @@ static void ack_segment(tern_kcp *k, seg *s, ack_batch *b)
         list_remove(&k->lost, s);
     }
     b->bytes += s->len;
-    if (s->tx_order > b->newest_order) {
+    if (latest && s->tx_order > b->newest_order) {
         b->newest_order = s->tx_order;
         b->newest_sent = s->last_sent;
     }
@@ -795,8 +804,10 @@ static void apply_una(tern_kcp *k, uint32_t una, ack_batch *b)
         return;
     for (uint32_t sn = k->snd_una; sn != una; sn++) {
         seg *s = k->snd_ring[sn & k->snd_mask];
+        /* UNA does not say which send got through; only a segment sent
+         * once is unambiguous. */
         if (s)
-            ack_segment(k, s, b);
+            ack_segment(k, s, b, s->xmit == 1);
     }
     k->snd_una = una;
     shrink_snd_window(k);
@@ -811,8 +822,10 @@ static void apply_ack(tern_kcp *k, const tern_kcp_hdr *h, ack_batch *b)
     if (!s)
         return;
     uint32_t now32 = (uint32_t)k->now;
+    bool latest = s->xmit == 1;
     /* Take RTT only from an echo of one of this segment's own sends. */
     if (tern_kcp_diff32(now32, h->ts) >= 0 && tern_kcp_diff32(h->ts, (uint32_t)s->first_sent) >= 0) {
+        latest = tern_kcp_diff32(h->ts, (uint32_t)s->last_sent) >= 0;
         if (!b->have_rtt || tern_kcp_diff32(h->ts, b->rtt_echo) > 0) {
             b->have_rtt = true;
             b->rtt_echo = h->ts;
@@ -822,12 +835,13 @@ static void apply_ack(tern_kcp *k, const tern_kcp_hdr *h, ack_batch *b)
          * path reorders more than we allowed for. */
         if (s->xmit > 1 && s->lost_kind != LOST_TIMEOUT &&
             tern_kcp_diff32(h->ts, (uint32_t)s->last_sent) < 0) {
+            k->st.spurious++;
             if (k->reorder_mult < 4)
                 k->reorder_mult++;
             k->batches_since_spurious = 0;
         }
     }
-    ack_segment(k, s, b);
+    ack_segment(k, s, b, latest);
     shrink_snd_window(k);
 }
 
@@ -839,17 +853,21 @@ static void queue_ack(tern_kcp *k, uint32_t sn, uint32_t ts)
         return;
     }
     if (k->ack_count == 0)
-        k->ack_due = k->cfg.ack_nodelay ? k->now : next_tick(k, k->now);
+        k->ack_due = k->now + (k->cfg.ack_nodelay ? 0 : k->cfg.ack_delay_ms);
     k->acks[k->ack_count++] = (pending_ack){sn, ts};
+    if (k->ack_count >= ACK_EVERY)
+        k->ack_due = k->now;
 }
 
 static void accept_data(tern_kcp *k, const tern_kcp_hdr *h, const uint8_t *payload)
 {
     int32_t offset = tern_kcp_diff32(h->sn, k->rcv_read);
     if (offset < 0) {
-        /* Already delivered: the peer missed our ACK, so ACK it again. */
+        /* Already delivered: the peer missed our ACK or bundled a copy. The
+         * UNA of any segment we send covers it, so only make sure one goes. */
         k->st.dup_segs++;
-        queue_ack(k, h->sn, h->ts);
+        if (k->ack_count == 0)
+            queue_ack(k, h->sn, h->ts);
         return;
     }
     if ((uint32_t)offset >= k->cfg.rcv_wnd) {
@@ -901,6 +919,7 @@ int tern_kcp_read_pkt(tern_kcp *k, const uint8_t *pkt, size_t len, tern_ms now)
         return check;
     }
     k->st.datagrams_recv++;
+    uint32_t held_before = k->rcv_held;
     ack_batch b = {0};
     size_t off = 0;
     while (off < len) {
@@ -929,6 +948,11 @@ int tern_kcp_read_pkt(tern_kcp *k, const uint8_t *pkt, size_t len, tern_ms now)
         }
         off += h.len;
     }
+    /* This datagram left data waiting behind a hole (a bundled copy later in
+     * it may have filled one): tell the sender at once, loss detection
+     * feeds on exactly that. */
+    if (k->rcv_held > held_before && k->ack_count)
+        k->ack_due = k->now;
     if (b.have_rtt)
         rtt_sample(k, (uint32_t)tern_kcp_diff32((uint32_t)k->now, b.rtt_echo));
     if (b.bytes)
@@ -992,7 +1016,7 @@ static size_t put_segment(tern_kcp *k, uint8_t *out, uint8_t cmd, uint8_t frg, u
 static seg *next_data(const tern_kcp *k)
 {
     if (k->lost.head)
-        return k->lost.head;
+        return cwnd_allows(k, k->lost.head) ? k->lost.head : NULL;
     return can_send_new(k) ? k->snd_queue.head : NULL;
 }
 
@@ -1005,6 +1029,28 @@ static void take_data(tern_kcp *k, seg *s)
     list_remove(&k->snd_queue, s);
     s->sn = k->snd_nxt++;
     k->snd_ring[s->sn & k->snd_mask] = s;
+}
+
+/* Fills spare room with copies of segments sent before this datagram and
+ * still unacknowledged, oldest first: the oldest is the one most likely to
+ * hold up delivery if lost. A copy is not a transmission: it changes no
+ * timer or counter of the segment, only the ts its ACK may echo. */
+static size_t bundle_copies(tern_kcp *k, uint8_t *out, size_t room, uint64_t sent_before,
+                            uint16_t wnd, uint32_t now32)
+{
+    if (!k->cfg.bundle_bytes || k->in_flight.count > BUNDLE_THIN_SEGS)
+        return 0;
+    size_t used = 0;
+    uint32_t budget = k->cfg.bundle_bytes;
+    for (seg *s = k->in_flight.head; s && s->tx_order <= sent_before; s = s->next) {
+        if (s->len > budget || TERN_KCP_OVERHEAD + s->len > room - used)
+            continue;
+        used += put_segment(k, out + used, TERN_KCP_CMD_PUSH, s->frg, wnd, now32, s->sn, s->data,
+                            s->len);
+        budget -= s->len;
+        k->st.bundled++;
+    }
+    return used;
 }
 
 tern_ssize tern_kcp_write_pkt(tern_kcp *k, uint8_t *dest, size_t cap, tern_ms now)
@@ -1049,12 +1095,14 @@ tern_ssize tern_kcp_write_pkt(tern_kcp *k, uint8_t *dest, size_t cap, tern_ms no
         k->probe_flags &= (uint8_t)~PROBE_TELL;
         k->st.probes_sent++;
     }
+    uint64_t sent_before = k->tx_counter;
     while ((data = next_data(k)) != NULL && off + TERN_KCP_OVERHEAD + data->len <= limit) {
         take_data(k, data);
         off += put_segment(k, dest + off, TERN_KCP_CMD_PUSH, data->frg, wnd, now32, data->sn,
                            data->data, data->len);
         transmit(k, data, now);
     }
+    off += bundle_copies(k, dest + off, limit - off, sent_before, wnd, now32);
     k->last_adv_wnd = wnd;
     k->st.datagrams_sent++;
     if (k->dead && !k->dead_reported) {

@@ -8,22 +8,26 @@
 typedef struct preset_row {
     const char *name;
     uint32_t interval_ms;
+    uint32_t ack_delay_ms;
     uint32_t rto_min_ms;
     tern_kcp_backoff backoff;
     uint32_t fast_resend;
     bool early_retransmit;
-    bool ack_nodelay;
+    uint32_t bundle_bytes;
 } preset_row;
 
 /* kcptun's nodelay=0 modes keep ikcp's 100 ms RTO floor and doubling; its
- * nodelay=1 modes use a 30 ms floor and x1.5. Early retransmit is ours: it
- * only fires where a later segment already got through. */
+ * nodelay=1 modes use a 30 ms floor and x1.5. Early retransmit and bundling
+ * are ours: the first only fires where a later segment already got through,
+ * the second only fills room in datagrams that leave anyway. fast3 lets a
+ * lone ACK wait 20 ms, a game tick, so that it usually rides on the next
+ * message instead of costing a datagram of its own. */
 static const preset_row presets[] = {
-    [TERN_KCP_PRESET_NORMAL] = {"normal", 40, 100, TERN_KCP_BACKOFF_X2, 2, false, false},
-    [TERN_KCP_PRESET_FAST] = {"fast", 30, 100, TERN_KCP_BACKOFF_X2, 2, false, false},
-    [TERN_KCP_PRESET_FAST2] = {"fast2", 20, 30, TERN_KCP_BACKOFF_X1_5, 2, true, false},
-    [TERN_KCP_PRESET_FAST3] = {"fast3", 10, 30, TERN_KCP_BACKOFF_X1_5, 2, true, false},
-    [TERN_KCP_PRESET_TURBO] = {"turbo", 5, 20, TERN_KCP_BACKOFF_X1_5, 1, true, true},
+    [TERN_KCP_PRESET_NORMAL] = {"normal", 40, 40, 100, TERN_KCP_BACKOFF_X2, 2, false, 0},
+    [TERN_KCP_PRESET_FAST] = {"fast", 30, 30, 100, TERN_KCP_BACKOFF_X2, 2, false, 0},
+    [TERN_KCP_PRESET_FAST2] = {"fast2", 20, 20, 30, TERN_KCP_BACKOFF_X1_5, 2, true, 256},
+    [TERN_KCP_PRESET_FAST3] = {"fast3", 10, 20, 30, TERN_KCP_BACKOFF_X1_5, 2, true, 256},
+    [TERN_KCP_PRESET_TURBO] = {"turbo", 5, 5, 20, TERN_KCP_BACKOFF_X1_5, 1, true, 512},
 };
 #define N_PRESETS (sizeof(presets) / sizeof(presets[0]))
 
@@ -53,11 +57,13 @@ int tern_kcp_settings_preset(tern_kcp_settings *s, tern_kcp_preset preset)
         return TERN_ERR_INVAL;
     const preset_row *p = &presets[preset];
     s->interval_ms = p->interval_ms;
+    s->ack_delay_ms = p->ack_delay_ms;
     s->rto_min_ms = p->rto_min_ms;
     s->backoff = p->backoff;
     s->fast_resend = p->fast_resend;
     s->early_retransmit = p->early_retransmit;
-    s->ack_nodelay = p->ack_nodelay;
+    s->bundle_bytes = p->bundle_bytes;
+    s->ack_nodelay = false;
     if (s->rto_initial_ms < s->rto_min_ms)
         s->rto_initial_ms = s->rto_min_ms;
     return 0;
@@ -90,7 +96,7 @@ int tern_kcp_settings_check(const tern_kcp_settings *s)
         return TERN_ERR_RANGE;
     if (s->rcv_wnd < 1 || s->rcv_wnd > TERN_KCP_WND_MAX)
         return TERN_ERR_RANGE;
-    if (s->interval_ms < 1 || s->interval_ms > 5000)
+    if (s->interval_ms < 1 || s->interval_ms > 5000 || s->ack_delay_ms > 5000)
         return TERN_ERR_RANGE;
     if (s->rto_min_ms < 1 || s->rto_max_ms < s->rto_min_ms || s->rto_max_ms > 600000)
         return TERN_ERR_RANGE;
@@ -154,6 +160,8 @@ static const knob knobs[] = {
     KNOB("snd_wnd", KNOB_U32, snd_wnd, 1, TERN_KCP_WND_MAX),
     KNOB("rcv_wnd", KNOB_U32, rcv_wnd, 1, TERN_KCP_WND_MAX),
     KNOB("interval", KNOB_U32, interval_ms, 1, 5000),
+    KNOB("ack_delay", KNOB_U32, ack_delay_ms, 0, 5000),
+    KNOB("bundle_bytes", KNOB_U32, bundle_bytes, 0, TERN_KCP_MTU_MAX),
     KNOB("rto_initial", KNOB_U32, rto_initial_ms, 1, 600000),
     KNOB("rto_min", KNOB_U32, rto_min_ms, 1, 600000),
     KNOB("rto_max", KNOB_U32, rto_max_ms, 1, 600000),

@@ -308,21 +308,21 @@ Test(engine, rtt_is_measured_when_the_ack_arrives)
     tern_kcp_get_stats(a, &st);
     cr_assert_eq(st.srtt_ms, 80);
     cr_assert_eq(st.rttvar_ms, 40);
-    cr_assert_eq(st.rto_ms, 80 + 160);
+    cr_assert_eq(st.rto_ms, 80 + 4 * 40 + 20, "srtt + 4 rttvar + the peer's ACK delay");
     cr_assert_eq(st.in_flight_segs, 0);
     tern_kcp_del(a);
     tern_kcp_del(b);
 }
 
-Test(engine, lone_acks_wait_for_the_tick_but_ride_on_data)
+Test(engine, lone_acks_wait_but_ride_on_data)
 {
     tern_kcp *a = make(7, TERN_KCP_MODE_MESSAGE, NULL);
     tern_kcp *b = make(7, TERN_KCP_MODE_MESSAGE, NULL);
     cr_assert_eq(tern_kcp_send(a, "x", 1, 0), 0);
     collect(a, &w_ab, 0);
     deliver(&w_ab, b, 3, NULL);
-    cr_assert_eq(collect(b, &w_ba, 3), 0, "a lone ACK waits for the tick");
-    cr_assert_eq(tern_kcp_get_expiry(b), 10, "fast3 ticks every 10 ms");
+    cr_assert_eq(collect(b, &w_ba, 3), 0, "a lone ACK waits for data to ride on");
+    cr_assert_eq(tern_kcp_get_expiry(b), 3 + 20, "fast3 lets it wait 20 ms");
     cr_assert_eq(tern_kcp_send(b, "y", 1, 4), 0);
     cr_assert_eq(collect(b, &w_ba, 4), 1);
     cr_assert_eq(w_ba.len[0], 24 + 24 + 1, "ACK and data in one datagram");
@@ -470,6 +470,54 @@ Test(engine, dead_link_is_reported_once)
     cr_assert_eq(tern_kcp_get_expiry(a), UINT64_MAX);
     cr_assert_eq(dead_calls, 1);
     w_ab.n = 0;
+    tern_kcp_del(a);
+}
+
+/* ---- redundant data bundling ---- */
+
+Test(engine, bundled_copies_repair_a_lost_datagram_without_retransmission)
+{
+    tern_kcp *a = make(7, TERN_KCP_MODE_MESSAGE, NULL);
+    tern_kcp *b = make(7, TERN_KCP_MODE_MESSAGE, NULL);
+    cr_assert_eq(tern_kcp_send(a, "first", 5, 0), 0);
+    cr_assert_eq(collect(a, &w_ab, 0), 1);
+    w_ab.n = 0; /* lost */
+    cr_assert_eq(tern_kcp_send(a, "second", 6, 20), 0);
+    cr_assert_eq(collect(a, &w_ab, 20), 1);
+    cr_assert_eq(w_ab.len[0], 24 + 6 + 24 + 5, "the new message and a copy of the unacked one");
+    deliver(&w_ab, b, 40, NULL);
+    char got[16];
+    cr_assert_eq(tern_kcp_recv(b, got, sizeof(got), 40), 5);
+    cr_assert_eq(memcmp(got, "first", 5), 0);
+    cr_assert_eq(tern_kcp_recv(b, got, sizeof(got), 40), 6);
+    cr_assert_eq(memcmp(got, "second", 6), 0);
+    collect(b, &w_ba, 60);
+    deliver(&w_ba, a, 80, NULL);
+    tern_kcp_stats st;
+    tern_kcp_get_stats(a, &st);
+    cr_assert_eq(st.in_flight_segs, 0, "both acknowledged");
+    cr_assert_eq(st.lost, 0);
+    cr_assert_eq(st.retrans_timeout + st.retrans_fast + st.retrans_early, 0);
+    cr_assert_eq(st.bundled, 1);
+    tern_kcp_del(a);
+    tern_kcp_del(b);
+}
+
+Test(engine, bulk_streams_are_not_bundled)
+{
+    tern_kcp *a = make(7, TERN_KCP_MODE_MESSAGE, NULL);
+    uint8_t chunk[1376] = {0};
+    for (int i = 0; i < 20; i++)
+        cr_assert_eq(tern_kcp_send(a, chunk, sizeof(chunk), 0), 0);
+    collect(a, &w_ab, 0);
+    w_ab.n = 0;
+    cr_assert_eq(tern_kcp_send(a, "x", 1, 1), 0);
+    cr_assert_eq(collect(a, &w_ab, 1), 1);
+    cr_assert_eq(w_ab.len[0], 25, "20 segments in flight: no copies");
+    w_ab.n = 0;
+    tern_kcp_stats st;
+    tern_kcp_get_stats(a, &st);
+    cr_assert_eq(st.bundled, 0);
     tern_kcp_del(a);
 }
 
@@ -638,6 +686,7 @@ Test(engine, sequence_and_clock_wrap)
     tern_kcp_settings_default(&s);
     s.conv = 3;
     s.ack_nodelay = true;
+    s.bundle_bytes = 0; /* make the drops cost real retransmissions */
     tern_kcp *a = NULL, *b = NULL;
     tern_ms t = 0xffffff00u; /* the wire's 32-bit ts wraps 256 ms in */
     cr_assert_eq(tern_kcp_new(&a, &s, NULL, NULL, NULL, t), 0);
@@ -710,6 +759,10 @@ Test(cc, reno_grows_halves_and_collapses)
     reno->on_loss(state, TERN_KCP_LOSS_TIMEOUT, 1000, 31, 8500, 40);
     cr_assert_eq(reno->cwnd(state), 1000, "collapses to one MSS on timeout");
     cr_assert_eq(reno->ssthresh(state), 4250);
+    reno->on_ack(state, 3000, 41, 1000, 50);
+    cr_assert_eq(reno->cwnd(state), 4000, "slow start again below ssthresh");
+    reno->on_loss(state, TERN_KCP_LOSS_TIMEOUT, 1000, 35, 4000, 60);
+    cr_assert_eq(reno->cwnd(state), 4000, "a timeout from the same episode changes nothing");
     const tern_kcp_cc_ops *none = tern_kcp_cc_find("none");
     cr_assert_eq(none->cwnd(NULL), UINT64_MAX);
 }

@@ -54,8 +54,8 @@ typedef enum tern_kcp_preset {
     TERN_KCP_PRESET_FAST,
     TERN_KCP_PRESET_FAST2,
     TERN_KCP_PRESET_FAST3,
-    /* Lowest latency: 5 ms tick, fast retransmit after one skip, early
-     * retransmit, immediate ACKs. Costs more datagrams on the wire. */
+    /* Lowest latency: 5 ms granularity and ACK delay, fast retransmit after
+     * one skip, early retransmit, more bundling. Costs more datagrams. */
     TERN_KCP_PRESET_TURBO
 } tern_kcp_preset;
 
@@ -95,7 +95,9 @@ typedef struct tern_kcp_settings {
     uint32_t mtu;             /* largest datagram written, header included */
     uint32_t snd_wnd;         /* segments in flight at most */
     uint32_t rcv_wnd;         /* segments buffered for the application at most */
-    uint32_t interval_ms;     /* tick: the longest a lone ACK waits for data to ride on */
+    uint32_t interval_ms;     /* clock granularity: the least margin the RTO keeps above
+                               * the smoothed RTT (KCP's interval) */
+    uint32_t ack_delay_ms;    /* the longest a lone ACK waits for data to ride on */
     uint32_t rto_initial_ms;  /* RTO before the first RTT sample */
     uint32_t rto_min_ms;      /* floor of the computed RTO */
     uint32_t rto_max_ms;      /* ceiling of the RTO, backoff included */
@@ -103,7 +105,13 @@ typedef struct tern_kcp_settings {
     uint32_t fast_resend;     /* skipping ACKs that trigger fast retransmit; 0: off */
     uint32_t fast_limit;      /* transmissions after which fast retransmit stops; 0: no limit */
     bool early_retransmit;    /* time-based loss detection (RACK-like) */
-    bool ack_nodelay;         /* send ACKs at once instead of on the tick */
+    bool ack_nodelay;         /* send ACKs at once, ignoring ack_delay_ms */
+    /* Redundant data bundling for thin streams: while few segments are in
+     * flight, the spare room of a datagram that is sent anyway carries
+     * copies of up to this many payload bytes of unacknowledged segments, so
+     * that one lost datagram is repaired by the next instead of a round
+     * trip later. Costs bytes, never datagrams. 0: off. */
+    uint32_t bundle_bytes;
     uint32_t dead_link;       /* transmissions of one segment that declare the link dead */
     uint32_t probe_min_ms;    /* first zero-window probe delay (then x1.5) */
     uint32_t probe_max_ms;
@@ -127,6 +135,7 @@ TERN_API int tern_kcp_preset_from_name(const char *name, tern_kcp_preset *out);
  * "conv", "mode" (message|stream), "mtu", "snd_wnd", "rcv_wnd", "interval",
  * "rto_initial", "rto_min", "rto_max", "backoff" (x2|x1.5), "fast_resend",
  * "fast_limit", "early_retransmit", "ack_nodelay" (0|1|true|false),
+ * "ack_delay", "bundle_bytes",
  * "dead_link", "probe_min", "probe_max", "snd_queue_max", "cc" (none|reno).
  * Returns TERN_ERR_NOTFOUND for an unknown name, TERN_ERR_INVAL for a value
  * that does not parse, TERN_ERR_RANGE for one outside that knob's own range;
@@ -203,6 +212,8 @@ typedef struct tern_kcp_stats {
     uint64_t probes_sent;                   /* WASK and WINS */
     uint64_t retrans_timeout, retrans_fast, retrans_early;
     uint64_t lost;                          /* segments declared lost, any detector */
+    uint64_t spurious;                      /* fast/early retransmissions proven needless */
+    uint64_t bundled;                       /* redundant copies sent (bundle_bytes) */
     uint64_t dup_segs;                      /* PUSH segments received twice */
     uint64_t out_of_window;                 /* PUSH segments beyond the receive window */
     uint64_t malformed;                     /* datagrams dropped as malformed */
