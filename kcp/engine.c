@@ -118,7 +118,7 @@ struct tern_kcp {
     uint32_t last_adv_wnd;
 
     pending_ack *acks;
-    uint32_t ack_count, ack_cap;
+    uint32_t ack_count, ack_alloc, ack_cap;
     tern_ms ack_due;
 
     uint8_t probe_flags;
@@ -130,14 +130,6 @@ struct tern_kcp {
 };
 
 /* ---- small helpers ---- */
-
-static uint32_t round_pow2(uint32_t v)
-{
-    uint32_t p = 1;
-    while (p < v)
-        p <<= 1;
-    return p;
-}
 
 static tern_ms min_ms(tern_ms a, tern_ms b)
 {
@@ -397,6 +389,85 @@ static void update_probe_timer(tern_kcp *k, tern_ms now)
     }
 }
 
+/* ---- growable rings ---- */
+
+enum { RING_MIN = 16 };
+
+static uint32_t grown_cap(uint32_t cap, uint32_t need)
+{
+    uint32_t c = cap ? cap : RING_MIN;
+    while (c < need)
+        c <<= 1;
+    return c;
+}
+
+/* Makes room for `need` sequence numbers from snd_una; the timer heap never
+ * holds more than that, so it grows alongside. */
+static int grow_snd(tern_kcp *k, uint32_t need)
+{
+    uint32_t cap = k->snd_ring ? k->snd_mask + 1 : 0;
+    if (need <= cap)
+        return 0;
+    uint32_t ncap = grown_cap(cap, need);
+    seg **ring = tern_mem_calloc(&k->mem, ncap, sizeof(seg *));
+    seg **heap = tern_mem_calloc(&k->mem, ncap, sizeof(seg *));
+    if (!ring || !heap) {
+        tern_mem_free(&k->mem, ring);
+        tern_mem_free(&k->mem, heap);
+        return TERN_ERR_NOMEM;
+    }
+    for (uint32_t sn = k->snd_una; sn != k->snd_nxt; sn++)
+        ring[sn & (ncap - 1)] = k->snd_ring[sn & k->snd_mask];
+    if (k->heap_len)
+        memcpy(heap, k->heap, k->heap_len * sizeof(seg *));
+    tern_mem_free(&k->mem, k->snd_ring);
+    tern_mem_free(&k->mem, k->heap);
+    k->snd_ring = ring;
+    k->heap = heap;
+    k->snd_mask = ncap - 1;
+    return 0;
+}
+
+/* Makes room for `need` sequence numbers from rcv_read. */
+static int grow_rcv(tern_kcp *k, uint32_t need)
+{
+    uint32_t cap = k->rcv_ring ? k->rcv_mask + 1 : 0;
+    if (need <= cap)
+        return 0;
+    uint32_t ncap = grown_cap(cap, need);
+    seg **ring = tern_mem_calloc(&k->mem, ncap, sizeof(seg *));
+    if (!ring)
+        return TERN_ERR_NOMEM;
+    for (uint32_t i = 0; i < cap; i++) {
+        uint32_t sn = k->rcv_read + i;
+        ring[sn & (ncap - 1)] = k->rcv_ring[sn & k->rcv_mask];
+    }
+    tern_mem_free(&k->mem, k->rcv_ring);
+    k->rcv_ring = ring;
+    k->rcv_mask = ncap - 1;
+    return 0;
+}
+
+static int grow_acks(tern_kcp *k)
+{
+    if (k->ack_count < k->ack_alloc)
+        return 0;
+    if (k->ack_alloc >= k->ack_cap)
+        return TERN_ERR_NOBUFS;
+    uint32_t n = k->ack_alloc ? k->ack_alloc * 2 : RING_MIN;
+    if (n > k->ack_cap)
+        n = k->ack_cap;
+    pending_ack *acks = tern_mem_alloc(&k->mem, n * sizeof(pending_ack));
+    if (!acks)
+        return TERN_ERR_NOMEM;
+    if (k->ack_count)
+        memcpy(acks, k->acks, k->ack_count * sizeof(pending_ack));
+    tern_mem_free(&k->mem, k->acks);
+    k->acks = acks;
+    k->ack_alloc = n;
+    return 0;
+}
+
 /* ---- creation ---- */
 
 int tern_kcp_new(tern_kcp **out, const tern_kcp_settings *settings,
@@ -425,15 +496,9 @@ int tern_kcp_new(tern_kcp **out, const tern_kcp_settings *settings,
     k->class_cap[1] = k->mss < 512 ? k->mss : 512;
     k->class_cap[2] = k->mss;
 
-    uint32_t snd_cap = round_pow2(settings->snd_wnd);
-    uint32_t rcv_cap = round_pow2(settings->rcv_wnd);
-    k->snd_mask = snd_cap - 1;
-    k->rcv_mask = rcv_cap - 1;
+    /* The rings and the ACK array start empty and grow on demand up to the
+     * windows: an idle engine costs its struct and nothing more. */
     k->ack_cap = settings->rcv_wnd + 64;
-    k->snd_ring = tern_mem_calloc(&m, snd_cap, sizeof(seg *));
-    k->heap = tern_mem_calloc(&m, snd_cap, sizeof(seg *));
-    k->rcv_ring = tern_mem_calloc(&m, rcv_cap, sizeof(seg *));
-    k->acks = tern_mem_calloc(&m, k->ack_cap, sizeof(pending_ack));
 
     k->cc = settings->cc ? settings->cc : tern_kcp_cc_find("none");
     if (settings->cc_state) {
@@ -442,8 +507,7 @@ int tern_kcp_new(tern_kcp **out, const tern_kcp_settings *settings,
         k->cc_state = tern_mem_calloc(&m, 1, k->cc->state_size);
         k->cc_owned = true;
     }
-    if (!k->snd_ring || !k->heap || !k->rcv_ring || !k->acks ||
-        (k->cc->state_size && !k->cc_state)) {
+    if (k->cc->state_size && !k->cc_state) {
         tern_kcp_del(k);
         return TERN_ERR_NOMEM;
     }
@@ -521,6 +585,16 @@ static void queue_segment(tern_kcp *k, seg *s)
     k->snd_payload += s->len;
 }
 
+/* Every queued or unacknowledged segment is guaranteed a ring slot (up to
+ * the send window) when it is queued, so sending later never allocates. */
+static int reserve_snd(tern_kcp *k, size_t more)
+{
+    uint64_t need = (uint64_t)(k->snd_nxt - k->snd_una) + k->snd_queue.count + more;
+    if (need > k->cfg.snd_wnd)
+        need = k->cfg.snd_wnd;
+    return grow_snd(k, (uint32_t)need);
+}
+
 static int send_message(tern_kcp *k, const uint8_t *data, size_t len)
 {
     uint32_t count = len == 0 ? 1 : (uint32_t)((len + k->mss - 1) / k->mss);
@@ -531,6 +605,8 @@ static int send_message(tern_kcp *k, const uint8_t *data, size_t len)
     }
     if (k->snd_mem + charge > k->cfg.snd_queue_max)
         return TERN_ERR_WOULDBLOCK;
+    if (reserve_snd(k, count) != 0)
+        return TERN_ERR_NOMEM;
     /* Allocate every fragment before queueing any: a message is sent whole
      * or not at all. */
     seg_list parts = {0};
@@ -562,6 +638,8 @@ static int send_stream(tern_kcp *k, const uint8_t *data, size_t len)
     size_t new_segs = (rest + k->mss - 1) / k->mss;
     if (k->snd_mem + new_segs * (sizeof(seg) + k->mss) > k->cfg.snd_queue_max)
         return TERN_ERR_WOULDBLOCK;
+    if (reserve_snd(k, new_segs) != 0)
+        return TERN_ERR_NOMEM;
     seg_list fresh = {0};
     for (size_t i = 0; i < new_segs; i++) {
         seg *s = seg_alloc(k, k->mss);
@@ -847,7 +925,7 @@ static void apply_ack(tern_kcp *k, const tern_kcp_hdr *h, ack_batch *b)
 
 static void queue_ack(tern_kcp *k, uint32_t sn, uint32_t ts)
 {
-    if (k->ack_count == k->ack_cap) {
+    if (grow_acks(k) != 0) {
         /* Cumulative UNA in every segment still covers what is dropped here. */
         k->ack_due = k->now;
         return;
@@ -874,6 +952,8 @@ static void accept_data(tern_kcp *k, const tern_kcp_hdr *h, const uint8_t *paylo
         k->st.out_of_window++;
         return;
     }
+    if (grow_rcv(k, (uint32_t)offset + 1) != 0)
+        return; /* not acknowledged: the peer will send it again */
     seg **slot = &k->rcv_ring[h->sn & k->rcv_mask];
     if (tern_kcp_diff32(h->sn, k->rcv_nxt) < 0 || *slot) {
         k->st.dup_segs++;

@@ -792,12 +792,13 @@ Test(cc, engine_respects_the_congestion_window)
 /* ---- memory ---- */
 
 typedef struct counting_alloc {
-    size_t mallocs, frees;
+    size_t mallocs, frees, bytes;
 } counting_alloc;
 
 static void *count_malloc(size_t n, void *ud)
 {
     ((counting_alloc *)ud)->mallocs++;
+    ((counting_alloc *)ud)->bytes += n;
     return malloc(n);
 }
 
@@ -836,4 +837,59 @@ Test(engine, steady_traffic_does_not_allocate)
     tern_kcp_del(a);
     tern_kcp_del(b);
     cr_assert_eq(ca.mallocs, ca.frees, "everything allocated was freed");
+}
+
+Test(engine, an_idle_engine_costs_only_its_struct)
+{
+    counting_alloc ca = {0};
+    tern_mem mem = {count_malloc, count_free, &ca};
+    tern_kcp_settings s;
+    tern_kcp_settings_default(&s);
+    s.snd_wnd = 8192;
+    s.rcv_wnd = 8192;
+    tern_kcp *k = NULL;
+    cr_assert_eq(tern_kcp_new(&k, &s, NULL, NULL, &mem, 0), 0);
+    cr_assert_eq(ca.mallocs, 1, "rings grow on demand, not up front");
+    cr_assert_lt(ca.bytes, 1024, "idle engine: %zu bytes", ca.bytes);
+    /* A little traffic grows the rings a little, not to the window. */
+    cr_assert_eq(tern_kcp_send(k, "x", 1, 0), 0);
+    cr_assert_lt(ca.bytes, 2048, "one message queued: %zu bytes", ca.bytes);
+    tern_kcp_del(k);
+    cr_assert_eq(ca.mallocs, ca.frees);
+}
+
+static void *failing_malloc(size_t n, void *ud)
+{
+    counting_alloc *ca = ud;
+    if (ca->mallocs++ >= ca->bytes) /* bytes: how many allocations succeed */
+        return NULL;
+    return malloc(n);
+}
+
+Test(engine, out_of_memory_is_an_error_never_a_crash)
+{
+    for (size_t budget = 0; budget < 12; budget++) {
+        counting_alloc ca = {.bytes = budget};
+        tern_mem mem = {failing_malloc, count_free, &ca};
+        tern_kcp_settings s;
+        tern_kcp_settings_default(&s);
+        tern_kcp *k = NULL;
+        int rc = tern_kcp_new(&k, &s, NULL, NULL, &mem, 0);
+        if (rc) {
+            cr_assert_eq(rc, TERN_ERR_NOMEM);
+            continue;
+        }
+        uint8_t big[5000] = {0};
+        rc = tern_kcp_send(k, big, sizeof(big), 0);
+        cr_assert(rc == 0 || rc == TERN_ERR_NOMEM, "budget %zu: %d", budget, rc);
+        if (rc == TERN_ERR_NOMEM)
+            cr_assert_eq(tern_kcp_unacked_bytes(k), 0, "nothing partial queued");
+        uint8_t d[64];
+        tern_kcp_hdr h = {.conv = 0, .cmd = TERN_KCP_CMD_PUSH, .sn = 3, .len = 1, .wnd = 32};
+        tern_kcp_hdr_encode(d, &h);
+        cr_assert_eq(tern_kcp_read_pkt(k, d, 25, 1), 0, "a drop for lack of memory is silent");
+        uint8_t out[1500];
+        cr_assert_geq(tern_kcp_write_pkt(k, out, sizeof(out), 1), 0);
+        tern_kcp_del(k);
+    }
 }
