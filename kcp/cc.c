@@ -1,49 +1,73 @@
 /* Congestion controllers behind tern_kcp_cc_ops. The engine only calls the
- * ops, so a CUBIC or BBR is one more table here, not a change to the engine. */
+ * ops, so a CUBIC or BBR is one more table here, not a change to the engine.
+ * A controller keeps the bytes in flight itself, so that several engines
+ * sharing one state (one path) are limited together. */
 #include <string.h>
 
 #include "tern/kcp.h"
 
-static uint64_t none_cwnd(const void *state)
-{
-    (void)state;
-    return UINT64_MAX;
-}
+/* "none": KCP's nc=1, only the windows limit. Stateless. */
 
 static void none_init(void *state, uint32_t mss, tern_ms now)
 {
     (void)state, (void)mss, (void)now;
 }
 
-static void none_on_ack(void *state, uint64_t bytes, tern_ms sent_at, uint64_t in_flight,
+static bool none_can_send(const void *state, uint64_t bytes)
+{
+    (void)state, (void)bytes;
+    return true;
+}
+
+static void none_on_sent(void *state, uint64_t bytes, tern_ms now)
+{
+    (void)state, (void)bytes, (void)now;
+}
+
+static void none_on_ack(void *state, uint64_t acked, uint64_t released, tern_ms sent_at,
                         tern_ms now)
 {
-    (void)state, (void)bytes, (void)sent_at, (void)in_flight, (void)now;
+    (void)state, (void)acked, (void)released, (void)sent_at, (void)now;
 }
 
 static void none_on_loss(void *state, tern_kcp_loss_kind kind, uint64_t bytes, tern_ms sent_at,
-                         uint64_t in_flight, tern_ms now)
+                         tern_ms now)
 {
-    (void)state, (void)kind, (void)bytes, (void)sent_at, (void)in_flight, (void)now;
+    (void)state, (void)kind, (void)bytes, (void)sent_at, (void)now;
+}
+
+static void none_on_discard(void *state, uint64_t bytes)
+{
+    (void)state, (void)bytes;
+}
+
+static uint64_t none_unlimited(const void *state)
+{
+    (void)state;
+    return UINT64_MAX;
 }
 
 static const tern_kcp_cc_ops cc_none = {
     .name = "none",
     .state_size = 0,
     .init = none_init,
-    .cwnd = none_cwnd,
-    .ssthresh = none_cwnd,
+    .can_send = none_can_send,
+    .on_sent = none_on_sent,
     .on_ack = none_on_ack,
     .on_loss = none_on_loss,
+    .on_discard = none_on_discard,
+    .cwnd = none_unlimited,
+    .ssthresh = none_unlimited,
 };
 
 /* NewReno in the manner of RFC 5681 / RFC 9002: byte-counted growth, one
  * reduction per loss episode (a loss of a segment sent before the episode
  * began belongs to it and does not reduce again), no growth from ACKs of
- * segments sent before the episode began. */
+ * segments sent before the episode began, one MSS after a timeout. */
 typedef struct reno {
     uint64_t cwnd;
     uint64_t ssthresh;
+    uint64_t in_flight;
     uint64_t acked_in_avoidance;
     uint32_t mss;
     bool had_episode;
@@ -63,14 +87,21 @@ static void reno_init(void *state, uint32_t mss, tern_ms now)
     r->ssthresh = UINT64_MAX;
 }
 
-static uint64_t reno_cwnd(const void *state)
+static bool reno_can_send(const void *state, uint64_t bytes)
 {
-    return ((const reno *)state)->cwnd;
+    const reno *r = state;
+    return r->in_flight == 0 || r->in_flight + bytes <= r->cwnd;
 }
 
-static uint64_t reno_ssthresh(const void *state)
+static void leave_flight(reno *r, uint64_t bytes)
 {
-    return ((const reno *)state)->ssthresh;
+    r->in_flight = bytes < r->in_flight ? r->in_flight - bytes : 0;
+}
+
+static void reno_on_sent(void *state, uint64_t bytes, tern_ms now)
+{
+    (void)now;
+    ((reno *)state)->in_flight += bytes;
 }
 
 static bool in_episode(const reno *r, tern_ms sent_at)
@@ -78,18 +109,19 @@ static bool in_episode(const reno *r, tern_ms sent_at)
     return r->had_episode && sent_at <= r->recovery_start;
 }
 
-static void reno_on_ack(void *state, uint64_t bytes, tern_ms sent_at, uint64_t in_flight,
+static void reno_on_ack(void *state, uint64_t acked, uint64_t released, tern_ms sent_at,
                         tern_ms now)
 {
-    (void)in_flight, (void)now;
+    (void)now;
     reno *r = state;
+    leave_flight(r, released);
     if (in_episode(r, sent_at))
         return;
     if (r->cwnd < r->ssthresh) {
-        r->cwnd += bytes;
+        r->cwnd += acked;
         return;
     }
-    r->acked_in_avoidance += bytes;
+    r->acked_in_avoidance += acked;
     while (r->acked_in_avoidance >= r->cwnd) {
         r->acked_in_avoidance -= r->cwnd;
         r->cwnd += r->mss;
@@ -97,10 +129,10 @@ static void reno_on_ack(void *state, uint64_t bytes, tern_ms sent_at, uint64_t i
 }
 
 static void reno_on_loss(void *state, tern_kcp_loss_kind kind, uint64_t bytes, tern_ms sent_at,
-                         uint64_t in_flight, tern_ms now)
+                         tern_ms now)
 {
-    (void)bytes, (void)in_flight;
     reno *r = state;
+    leave_flight(r, bytes);
     if (in_episode(r, sent_at))
         return;
     uint64_t floor = (uint64_t)r->mss * 2;
@@ -111,14 +143,32 @@ static void reno_on_loss(void *state, tern_kcp_loss_kind kind, uint64_t bytes, t
     r->recovery_start = now;
 }
 
+static void reno_on_discard(void *state, uint64_t bytes)
+{
+    leave_flight(state, bytes);
+}
+
+static uint64_t reno_cwnd(const void *state)
+{
+    return ((const reno *)state)->cwnd;
+}
+
+static uint64_t reno_ssthresh(const void *state)
+{
+    return ((const reno *)state)->ssthresh;
+}
+
 static const tern_kcp_cc_ops cc_reno = {
     .name = "reno",
     .state_size = sizeof(reno),
     .init = reno_init,
-    .cwnd = reno_cwnd,
-    .ssthresh = reno_ssthresh,
+    .can_send = reno_can_send,
+    .on_sent = reno_on_sent,
     .on_ack = reno_on_ack,
     .on_loss = reno_on_loss,
+    .on_discard = reno_on_discard,
+    .cwnd = reno_cwnd,
+    .ssthresh = reno_ssthresh,
 };
 
 const tern_kcp_cc_ops *tern_kcp_cc_find(const char *name)

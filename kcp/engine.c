@@ -64,6 +64,7 @@ typedef struct pending_ack {
 /* What one datagram's ACKs and UNA acknowledged, applied after the loop. */
 typedef struct ack_batch {
     uint64_t bytes;
+    uint64_t released; /* of those, bytes that were still in flight */
     uint64_t newest_order; /* the newest transmission known delivered, 0 if none */
     tern_ms newest_sent;
     bool have_rtt;
@@ -114,6 +115,7 @@ struct tern_kcp {
     uint32_t rcv_mask;
     uint32_t rcv_read, rcv_nxt;
     uint32_t rcv_held;       /* segments held beyond rcv_nxt */
+    uint32_t rcv_discard;    /* fragments of an oversize message still to drop */
     size_t rcv_ready_bytes;  /* deliverable bytes not yet read */
     uint32_t last_adv_wnd;
 
@@ -357,7 +359,7 @@ static uint32_t rcv_unused_wnd(const tern_kcp *k)
  * segments sent past it into a full queue would only be lost again. */
 static bool cwnd_allows(const tern_kcp *k, const seg *s)
 {
-    return k->in_flight_bytes == 0 || k->in_flight_bytes + s->len <= k->cc->cwnd(k->cc_state);
+    return k->cc->can_send(k->cc_state, s->len);
 }
 
 static bool can_send_new(const tern_kcp *k)
@@ -535,6 +537,9 @@ void tern_kcp_del(tern_kcp *k)
 {
     if (!k)
         return;
+    /* A shared controller must forget what this engine had in flight. */
+    if (k->cc && k->in_flight_bytes)
+        k->cc->on_discard(k->cc_state, k->in_flight_bytes);
     free_list(k, &k->snd_queue);
     free_list(k, &k->in_flight);
     free_list(k, &k->lost);
@@ -732,8 +737,24 @@ static void after_read(tern_kcp *k)
         k->probe_flags |= PROBE_TELL;
 }
 
+/* Drops the arrived tail of a message that was too large for the window. */
+static void discard_oversize_tail(tern_kcp *k)
+{
+    bool dropped = false;
+    while (k->rcv_discard && k->rcv_read != k->rcv_nxt) {
+        seg *s = rcv_slot(k, k->rcv_read);
+        k->rcv_discard = s->frg == 0 ? 0 : k->rcv_discard - 1;
+        k->rcv_ready_bytes -= s->len;
+        release_read(k, k->rcv_read++);
+        dropped = true;
+    }
+    if (dropped)
+        after_read(k);
+}
+
 static tern_ssize recv_message(tern_kcp *k, uint8_t *buf, size_t cap)
 {
+    discard_oversize_tail(k);
     uint32_t segments = 0;
     tern_ssize size = message_size(k, &segments);
     if (size == TERN_ERR_AGAIN) {
@@ -742,11 +763,16 @@ static tern_ssize recv_message(tern_kcp *k, uint8_t *buf, size_t cap)
          * on, and say so. */
         if (k->rcv_nxt - k->rcv_read < k->cfg.rcv_wnd)
             return TERN_ERR_AGAIN;
+        uint8_t frg = 0;
         while (k->rcv_read != k->rcv_nxt) {
+            frg = rcv_slot(k, k->rcv_read)->frg;
             k->rcv_ready_bytes -= rcv_slot(k, k->rcv_read)->len;
             release_read(k, k->rcv_read++);
         }
-        k->st.malformed++;
+        /* Its remaining fragments must not surface as a message of their
+         * own: the last one dropped says how many are still to come. */
+        k->rcv_discard = frg;
+        k->st.oversize_msgs++;
         after_read(k);
         return TERN_ERR_MSGSIZE;
     }
@@ -814,7 +840,7 @@ static void declare_lost(tern_kcp *k, seg *s, uint8_t kind, tern_ms now)
         s->rto = clamp_u32(rto, k->cfg.rto_min_ms, k->cfg.rto_max_ms);
     }
     k->cc->on_loss(k->cc_state, kind == LOST_TIMEOUT ? TERN_KCP_LOSS_TIMEOUT : TERN_KCP_LOSS_FAST,
-                   s->len, s->last_sent, k->in_flight_bytes, now);
+                   s->len, s->last_sent, now);
 }
 
 /* Segments sent before the newest transmission just acknowledged, and still
@@ -855,6 +881,7 @@ static void ack_segment(tern_kcp *k, seg *s, ack_batch *b, bool latest)
         heap_remove(k, s);
         list_remove(&k->in_flight, s);
         k->in_flight_bytes -= s->len;
+        b->released += s->len;
     } else {
         list_remove(&k->lost, s);
     }
@@ -1036,7 +1063,7 @@ int tern_kcp_read_pkt(tern_kcp *k, const uint8_t *pkt, size_t len, tern_ms now)
     if (b.have_rtt)
         rtt_sample(k, (uint32_t)tern_kcp_diff32((uint32_t)k->now, b.rtt_echo));
     if (b.bytes)
-        k->cc->on_ack(k->cc_state, b.bytes, b.newest_sent, k->in_flight_bytes, k->now);
+        k->cc->on_ack(k->cc_state, b.bytes, b.released, b.newest_sent, k->now);
     if (b.newest_order) {
         detect_losses(k, &b, k->now);
         /* Forget old evidence of reordering slowly, so one burst of it does
@@ -1046,6 +1073,8 @@ int tern_kcp_read_pkt(tern_kcp *k, const uint8_t *pkt, size_t len, tern_ms now)
             k->batches_since_spurious = 0;
         }
     }
+    if (k->cfg.mode == TERN_KCP_MODE_MESSAGE)
+        discard_oversize_tail(k);
     update_probe_timer(k, k->now);
     return 0;
 }
@@ -1075,6 +1104,7 @@ static void transmit(tern_kcp *k, seg *s, tern_ms now)
     s->state = SEG_IN_FLIGHT;
     list_append(&k->in_flight, s);
     k->in_flight_bytes += s->len;
+    k->cc->on_sent(k->cc_state, s->len, now);
     heap_push(k, s);
     if (s->xmit >= k->cfg.dead_link)
         k->dead = true;
@@ -1145,7 +1175,7 @@ tern_ssize tern_kcp_write_pkt(tern_kcp *k, uint8_t *dest, size_t cap, tern_ms no
         return TERN_ERR_NOBUFS;
     seg *data = next_data(k);
     bool acks_due = k->ack_count && k->ack_due <= now;
-    if (!data && !k->probe_flags && !acks_due && !(k->ack_count && data))
+    if (!data && !k->probe_flags && !acks_due)
         return 0;
 
     size_t limit = k->cfg.mtu;

@@ -30,7 +30,7 @@ tern_netsim_link *tern_sim_pair_link(tern_sim_pair *pair, int from_side);
 tern_ms tern_sim_pair_now(const tern_sim_pair *pair);
 
 /* Writes whatever both engines have to send now into the links (call it
- * after tern_kcp_send() so data leaves without waiting for a tick). */
+ * after tern_kcp_send() so data leaves without waiting for the next advance). */
 int tern_sim_pair_flush(tern_sim_pair *pair);
 
 /* Moves the clock to min(next event, limit), but never backwards, and

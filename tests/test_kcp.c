@@ -675,6 +675,23 @@ Test(engine, message_larger_than_the_window_is_dropped_not_stuck)
     tern_kcp_stats st;
     tern_kcp_get_stats(b, &st);
     cr_assert_eq(st.rcv_queue_segs, 0, "the window is free again");
+    cr_assert_eq(st.oversize_msgs, 1);
+    /* The rest of the 10-fragment message arrives, then a message that fits. */
+    for (uint32_t sn = 4; sn < 11; sn++) {
+        uint8_t frg = sn < 10 ? (uint8_t)(9 - sn) : 0;
+        tern_kcp_hdr h = {.conv = 7, .cmd = TERN_KCP_CMD_PUSH, .frg = frg, .sn = sn, .len = 1,
+                          .wnd = 32};
+        tern_kcp_hdr_encode(d, &h);
+        d[24] = sn == 10 ? 'z' : 'x';
+        cr_assert_eq(tern_kcp_read_pkt(b, d, 25, 2), 0);
+        tern_ssize n = tern_kcp_recv(b, got, sizeof(got), 2);
+        if (sn < 10) {
+            cr_assert_eq(n, TERN_ERR_AGAIN, "no tail of the dropped message surfaces (sn %u)", sn);
+        } else {
+            cr_assert_eq(n, 1, "the next message is delivered whole");
+            cr_assert_eq(got[0], 'z');
+        }
+    }
     tern_kcp_del(b);
 }
 
@@ -745,26 +762,61 @@ Test(cc, reno_grows_halves_and_collapses)
     cr_assert_leq(reno->state_size, sizeof(state));
     reno->init(state, 1000, 0);
     cr_assert_eq(reno->cwnd(state), 10000);
-    reno->on_ack(state, 5000, 1, 10000, 2);
+    reno->on_sent(state, 10000, 1);
+    cr_assert_not(reno->can_send(state, 1000), "the window is full");
+    reno->on_ack(state, 5000, 5000, 1, 2);
     cr_assert_eq(reno->cwnd(state), 15000, "slow start: +1 byte per byte acked");
-    reno->on_loss(state, TERN_KCP_LOSS_FAST, 1000, 3, 15000, 10);
+    cr_assert(reno->can_send(state, 10000));
+    cr_assert_not(reno->can_send(state, 10001));
+    reno->on_loss(state, TERN_KCP_LOSS_FAST, 1000, 3, 10);
     cr_assert_eq(reno->cwnd(state), 7500, "halved on fast loss");
     cr_assert_eq(reno->ssthresh(state), 7500);
-    reno->on_loss(state, TERN_KCP_LOSS_FAST, 1000, 4, 15000, 11);
+    reno->on_loss(state, TERN_KCP_LOSS_FAST, 1000, 4, 11);
     cr_assert_eq(reno->cwnd(state), 7500, "one reduction per loss episode");
-    reno->on_ack(state, 7500, 5, 7500, 20);
+    reno->on_ack(state, 3000, 3000, 5, 20);
     cr_assert_eq(reno->cwnd(state), 7500, "no growth for data sent before recovery");
-    reno->on_ack(state, 7500, 12, 7500, 30);
+    reno->on_sent(state, 7500, 21);
+    reno->on_ack(state, 7500, 7500, 21, 30);
     cr_assert_eq(reno->cwnd(state), 8500, "congestion avoidance: +1 MSS per cwnd acked");
-    reno->on_loss(state, TERN_KCP_LOSS_TIMEOUT, 1000, 31, 8500, 40);
+    reno->on_sent(state, 1000, 31);
+    reno->on_loss(state, TERN_KCP_LOSS_TIMEOUT, 1000, 31, 40);
     cr_assert_eq(reno->cwnd(state), 1000, "collapses to one MSS on timeout");
     cr_assert_eq(reno->ssthresh(state), 4250);
-    reno->on_ack(state, 3000, 41, 1000, 50);
+    cr_assert(reno->can_send(state, 5000), "nothing in flight: one send is always allowed");
+    reno->on_sent(state, 3000, 41);
+    reno->on_ack(state, 3000, 3000, 41, 50);
     cr_assert_eq(reno->cwnd(state), 4000, "slow start again below ssthresh");
-    reno->on_loss(state, TERN_KCP_LOSS_TIMEOUT, 1000, 35, 4000, 60);
+    reno->on_loss(state, TERN_KCP_LOSS_TIMEOUT, 1000, 35, 60);
     cr_assert_eq(reno->cwnd(state), 4000, "a timeout from the same episode changes nothing");
     const tern_kcp_cc_ops *none = tern_kcp_cc_find("none");
     cr_assert_eq(none->cwnd(NULL), UINT64_MAX);
+    cr_assert(none->can_send(NULL, UINT64_MAX / 2));
+}
+
+Test(cc, a_shared_controller_limits_its_engines_together)
+{
+    const tern_kcp_cc_ops *reno = tern_kcp_cc_find("reno");
+    _Alignas(16) uint8_t state[256];
+    reno->init(state, 1376, 0);
+    tern_kcp_settings s;
+    tern_kcp_settings_default(&s);
+    s.cc = reno;
+    s.cc_state = state;
+    s.snd_wnd = 1024;
+    tern_kcp *one = NULL, *two = NULL;
+    cr_assert_eq(tern_kcp_new(&one, &s, NULL, NULL, NULL, 0), 0);
+    cr_assert_eq(tern_kcp_new(&two, &s, NULL, NULL, NULL, 0), 0);
+    uint8_t chunk[1376] = {0};
+    for (int i = 0; i < 50; i++) {
+        cr_assert_eq(tern_kcp_send(one, chunk, sizeof(chunk), 0), 0);
+        cr_assert_eq(tern_kcp_send(two, chunk, sizeof(chunk), 0), 0);
+    }
+    size_t n = collect(one, &w_ab, 0) + collect(two, &w_ab, 0);
+    cr_assert_eq(n, reno->cwnd(state) / 1376, "one window for both: %zu datagrams", n);
+    w_ab.n = 0;
+    tern_kcp_del(one);
+    cr_assert(reno->can_send(state, 1376 * 5), "deleting an engine releases its flight");
+    tern_kcp_del(two);
 }
 
 static void with_reno(tern_kcp_settings *s)

@@ -64,24 +64,37 @@ typedef enum tern_kcp_loss_kind {
     TERN_KCP_LOSS_TIMEOUT = 1  /* detected by the retransmission timer */
 } tern_kcp_loss_kind;
 
-/* Congestion control. The engine asks the controller how many bytes may be in
- * flight and tells it about sends, ACKs and losses. Several engines may share
- * one controller state (one per network path), which is why the state is
- * passed separately: see tern_kcp_settings.cc_state. */
+/* Congestion control. The engine asks the controller whether bytes may enter
+ * the network and tells it about sends, ACKs and losses. Several engines may
+ * share one controller state (one per network path, so that streams of one
+ * session share the path fairly), which is why the state is passed
+ * separately (tern_kcp_settings.cc_state) and why the controller, not the
+ * engine, keeps the count of bytes in flight: every engine sharing it
+ * reports into the same count. */
 typedef struct tern_kcp_cc_ops {
     const char *name;
     size_t state_size;
     /* Called once when an engine allocates its own state. mss in bytes. */
     void (*init)(void *state, uint32_t mss, tern_ms now);
-    /* Bytes that may be in flight; UINT64_MAX for no limit. */
-    uint64_t (*cwnd)(const void *state);
-    /* Slow-start threshold for stats; UINT64_MAX if none. */
-    uint64_t (*ssthresh)(const void *state);
-    /* bytes newly acknowledged, sent_at = when the newest of them was sent. */
-    void (*on_ack)(void *state, uint64_t bytes, tern_ms sent_at, uint64_t in_flight, tern_ms now);
-    /* A segment sent at sent_at was declared lost. */
+    /* May `bytes` more be put in flight now? */
+    bool (*can_send)(const void *state, uint64_t bytes);
+    /* bytes were put in flight (a first transmission or a resend). */
+    void (*on_sent)(void *state, uint64_t bytes, tern_ms now);
+    /* acked: bytes newly acknowledged; released: how many of those were
+     * still in flight (a segment declared lost left the flight then);
+     * sent_at: when the newest acknowledged transmission was sent. */
+    void (*on_ack)(void *state, uint64_t acked, uint64_t released, tern_ms sent_at, tern_ms now);
+    /* A segment sent at sent_at was declared lost; its bytes leave the
+     * flight. */
     void (*on_loss)(void *state, tern_kcp_loss_kind kind, uint64_t bytes, tern_ms sent_at,
-                    uint64_t in_flight, tern_ms now);
+                    tern_ms now);
+    /* bytes leave the flight unacknowledged and not lost: the engine that
+     * sent them is being deleted. */
+    void (*on_discard)(void *state, uint64_t bytes);
+    /* For stats: the window in bytes and the slow-start threshold,
+     * UINT64_MAX when there is none. */
+    uint64_t (*cwnd)(const void *state);
+    uint64_t (*ssthresh)(const void *state);
 } tern_kcp_cc_ops;
 
 /* "none" (no congestion window, KCP's nc=1) or "reno" (NewReno-style:
@@ -124,9 +137,12 @@ typedef struct tern_kcp_settings {
 } tern_kcp_settings;
 
 /* Fills *s with the "fast3" preset, conv 0, message mode, mtu 1400, windows
- * 128/256, 1 MiB send queue. */
+ * 128/256, 4 MiB send queue, RTO 200 ms initial and 60 s maximum, dead link
+ * after 20 transmissions, no congestion control. */
 TERN_API void tern_kcp_settings_default(tern_kcp_settings *s);
-/* Applies a preset's timing knobs, leaving conv, mode, mtu, windows and
+/* Applies a preset: interval, ack_delay, rto_min, backoff, fast_resend,
+ * early_retransmit and bundle_bytes; clears ack_nodelay and raises
+ * rto_initial to rto_min if below it. Leaves conv, mode, mtu, windows and
  * bounds as they are. TERN_ERR_INVAL for an unknown preset. */
 TERN_API int tern_kcp_settings_preset(tern_kcp_settings *s, tern_kcp_preset preset);
 /* "normal", "fast", "fast2", "fast3", "turbo" -> preset; TERN_ERR_NOTFOUND. */
@@ -166,8 +182,8 @@ TERN_API void *tern_kcp_user_data(const tern_kcp *kcp);
  * tern_kcp_max_message() bytes, else TERN_ERR_MSGSIZE and nothing is queued.
  * Stream mode: all bytes or none; an empty send does nothing. Returns 0,
  * TERN_ERR_WOULDBLOCK if the send side would hold more than snd_queue_max
- * bytes of memory (segments with their headers; nothing queued), or
- * TERN_ERR_DEADLINK once dead. */
+ * bytes of memory (segments with their headers; nothing queued),
+ * TERN_ERR_NOMEM (nothing queued), or TERN_ERR_DEADLINK once dead. */
 TERN_API int tern_kcp_send(tern_kcp *kcp, const void *data, size_t len, tern_ms now);
 TERN_API size_t tern_kcp_max_message(const tern_kcp *kcp);
 
@@ -181,9 +197,12 @@ TERN_API tern_ssize tern_kcp_recv(tern_kcp *kcp, void *buf, size_t cap, tern_ms 
 TERN_API tern_ssize tern_kcp_peek_size(const tern_kcp *kcp);
 
 /* Processes one received datagram (not retained). The whole datagram is
- * validated first: on TERN_ERR_MALFORMED (truncated, bad length, unknown
- * command) or TERN_ERR_CONV (a segment for another conversation) nothing
- * changes but a counter. */
+ * validated first: on TERN_ERR_MALFORMED (shorter than a header, a length
+ * past the end, bytes left over, an unknown command, a payload on a
+ * non-PUSH segment) or TERN_ERR_CONV (a segment for another conversation)
+ * nothing changes but a counter (and the engine's clock, which follows now).
+ * Data the engine cannot hold (out of window, out of memory) is dropped,
+ * counted where it says so in the stats, and not acknowledged. */
 TERN_API int tern_kcp_read_pkt(tern_kcp *kcp, const uint8_t *pkt, size_t len, tern_ms now);
 
 /* Writes at most one datagram (ACKs, probes, new and retransmitted data,
@@ -195,13 +214,14 @@ TERN_API tern_ssize tern_kcp_write_pkt(tern_kcp *kcp, uint8_t *dest, size_t cap,
 /* When the engine next needs handle_expiry + write_pkt; UINT64_MAX if never
  * (until new input or data). May be <= now, meaning "now". */
 TERN_API tern_ms tern_kcp_get_expiry(const tern_kcp *kcp);
-/* Runs the timers that are due (retransmission, probes, ACK delay). Returns
- * 0, or TERN_ERR_DEADLINK. Call write_pkt afterwards. */
+/* Runs the timers that are due (retransmission and early-retransmit
+ * deadlines, window probes). Returns 0, or TERN_ERR_DEADLINK. Call write_pkt
+ * afterwards: it also sends ACKs whose delay has run out. */
 TERN_API int tern_kcp_handle_expiry(tern_kcp *kcp, tern_ms now);
 
 /* True once the link was declared dead. */
 TERN_API bool tern_kcp_is_dead(const tern_kcp *kcp);
-/* Bytes and segments still waiting to be sent or acknowledged. */
+/* Payload bytes still waiting to be sent or acknowledged. */
 TERN_API size_t tern_kcp_unacked_bytes(const tern_kcp *kcp);
 
 typedef struct tern_kcp_stats {
@@ -217,6 +237,7 @@ typedef struct tern_kcp_stats {
     uint64_t dup_segs;                      /* PUSH segments received twice */
     uint64_t out_of_window;                 /* PUSH segments beyond the receive window */
     uint64_t malformed;                     /* datagrams dropped as malformed */
+    uint64_t oversize_msgs;                 /* messages dropped for not fitting rcv_wnd */
     uint64_t conv_mismatch;                 /* datagrams dropped for another conv */
     uint64_t msgs_sent, msgs_recv;
     uint32_t srtt_ms, rttvar_ms, rto_ms;    /* srtt 0 until the first sample */
