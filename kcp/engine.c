@@ -729,8 +729,11 @@ static void release_read(tern_kcp *k, uint32_t sn)
     *slot = NULL;
 }
 
+static void advance_rcv_nxt(tern_kcp *k);
+
 static void after_read(tern_kcp *k)
 {
+    advance_rcv_nxt(k);
     /* The peer stopped sending because we said our window was full; tell it
      * at once that there is room again rather than wait for its probe. */
     if (k->last_adv_wnd == 0 && rcv_unused_wnd(k) > 0)
@@ -950,6 +953,19 @@ static void apply_ack(tern_kcp *k, const tern_kcp_hdr *h, ack_batch *b)
     shrink_snd_window(k);
 }
 
+/* Moves held segments that are now in order into the deliverable range,
+ * which holds at most rcv_wnd unread segments. */
+static void advance_rcv_nxt(tern_kcp *k)
+{
+    seg *s;
+    while (k->rcv_held && k->rcv_nxt - k->rcv_read < k->cfg.rcv_wnd &&
+           (s = rcv_slot(k, k->rcv_nxt)) != NULL) {
+        k->rcv_held--;
+        k->rcv_ready_bytes += s->len;
+        k->rcv_nxt++;
+    }
+}
+
 static void queue_ack(tern_kcp *k, uint32_t sn, uint32_t ts)
 {
     if (grow_acks(k) != 0) {
@@ -975,7 +991,13 @@ static void accept_data(tern_kcp *k, const tern_kcp_hdr *h, const uint8_t *paylo
             queue_ack(k, h->sn, h->ts);
         return;
     }
-    if ((uint32_t)offset >= k->cfg.rcv_wnd) {
+    /* Classic KCP accepts up to rcv_wnd past rcv_nxt, not past rcv_read:
+     * a classic sender that pairs a newer una with an older, larger wnd
+     * (reordering) sends a little past our advertised edge, and refusing
+     * that stalls it for seconds of backed-off retransmissions. So the
+     * receive side holds at most rcv_wnd deliverable unread segments plus
+     * rcv_wnd out of order. */
+    if (tern_kcp_diff32(h->sn, k->rcv_nxt) >= (int32_t)k->cfg.rcv_wnd) {
         k->st.out_of_window++;
         return;
     }
@@ -998,17 +1020,8 @@ static void accept_data(tern_kcp *k, const tern_kcp_hdr *h, const uint8_t *paylo
     *slot = s;
     k->st.bytes_recv += h->len;
     queue_ack(k, h->sn, h->ts);
-    if (h->sn != k->rcv_nxt) {
-        k->rcv_held++;
-        return;
-    }
-    k->rcv_ready_bytes += s->len;
-    k->rcv_nxt++;
-    while ((s = rcv_slot(k, k->rcv_nxt)) != NULL && k->rcv_nxt - k->rcv_read < k->cfg.rcv_wnd) {
-        k->rcv_held--;
-        k->rcv_ready_bytes += s->len;
-        k->rcv_nxt++;
-    }
+    k->rcv_held++;
+    advance_rcv_nxt(k);
 }
 
 int tern_kcp_read_pkt(tern_kcp *k, const uint8_t *pkt, size_t len, tern_ms now)
@@ -1028,31 +1041,29 @@ int tern_kcp_read_pkt(tern_kcp *k, const uint8_t *pkt, size_t len, tern_ms now)
     k->st.datagrams_recv++;
     uint32_t held_before = k->rcv_held;
     ack_batch b = {0};
-    size_t off = 0;
-    while (off < len) {
+    /* Every ACK first, then the rest: a datagram's ACKs all carry an UNA
+     * that usually covers the others, and applied in order the first UNA
+     * would remove the segments whose newer echoed ts make the best RTT
+     * sample. */
+    for (size_t off = 0; off < len;) {
+        tern_kcp_hdr h;
+        tern_kcp_hdr_decode(pkt + off, &h);
+        if (h.cmd == TERN_KCP_CMD_ACK)
+            apply_ack(k, &h, &b);
+        off += TERN_KCP_OVERHEAD + h.len;
+    }
+    for (size_t off = 0; off < len;) {
         tern_kcp_hdr h;
         tern_kcp_hdr_decode(pkt + off, &h);
         off += TERN_KCP_OVERHEAD;
         k->st.segs_recv++;
         k->rmt_wnd = h.wnd;
-        /* An ACK is applied before its own UNA, which usually covers it too:
-         * the other way round, the segment would be gone and with it the
-         * RTT sample its echoed ts carries. */
-        if (h.cmd == TERN_KCP_CMD_ACK)
-            apply_ack(k, &h, &b);
         apply_una(k, h.una, &b);
-        switch (h.cmd) {
-        case TERN_KCP_CMD_ACK:
-            break;
-        case TERN_KCP_CMD_PUSH:
+        if (h.cmd == TERN_KCP_CMD_PUSH)
             accept_data(k, &h, pkt + off);
-            break;
-        case TERN_KCP_CMD_WASK:
+        else if (h.cmd == TERN_KCP_CMD_WASK)
             k->probe_flags |= PROBE_TELL;
-            break;
-        default: /* WINS: its wnd was taken above */
-            break;
-        }
+        /* WINS: its wnd was taken above. */
         off += h.len;
     }
     /* This datagram left data waiting behind a hole (a bundled copy later in

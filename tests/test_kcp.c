@@ -592,7 +592,9 @@ Test(engine, zero_window_probe_and_window_update)
     tern_kcp_del(b);
 }
 
-Test(engine, receive_buffering_never_exceeds_the_window)
+/* As in classic KCP: at most rcv_wnd deliverable unread segments plus rcv_wnd
+ * held past them; the advertised window counts only the unread ones. */
+Test(engine, receive_buffering_is_bounded_by_the_window)
 {
     tern_kcp *b = make(7, TERN_KCP_MODE_MESSAGE, tiny_rcv_wnd);
     uint8_t d[64];
@@ -604,13 +606,46 @@ Test(engine, receive_buffering_never_exceeds_the_window)
     }
     tern_kcp_stats st;
     tern_kcp_get_stats(b, &st);
-    cr_assert_eq(st.rcv_queue_segs + st.rcv_buf_segs, 4);
-    cr_assert_eq(st.out_of_window, 16);
+    cr_assert_eq(st.rcv_queue_segs, 4, "deliverable, unread");
+    cr_assert_eq(st.rcv_buf_segs, 4, "held beyond them");
+    cr_assert_eq(st.out_of_window, 12);
     collect(b, &w_ba, 1);
     tern_kcp_hdr h;
     tern_kcp_hdr_decode(w_ba.pkt[0], &h);
     cr_assert_eq(h.wnd, 0, "a full window is advertised as zero");
+    cr_assert_eq(h.una, 4);
     w_ba.n = 0;
+    uint8_t got[8];
+    for (uint8_t want = 0; want < 8; want++) {
+        cr_assert_eq(tern_kcp_recv(b, got, sizeof(got), 2), 1);
+        cr_assert_eq(got[0], want, "held segments move up as the reader frees room");
+    }
+    cr_assert_eq(tern_kcp_recv(b, got, sizeof(got), 2), TERN_ERR_AGAIN);
+    tern_kcp_del(b);
+}
+
+/* Regression: the receive ring starts small and grows; a ring exactly full of
+ * unread segments once made the slot after them alias the first one, and the
+ * engine mistook unread data for held data (found by the ikcp interop run). */
+Test(engine, a_ring_full_of_unread_segments_is_not_held_data)
+{
+    tern_kcp *a = make(7, TERN_KCP_MODE_MESSAGE, NULL);
+    tern_kcp *b = make(7, TERN_KCP_MODE_MESSAGE, NULL);
+    static uint8_t msg[1376 * 20], got[sizeof(msg)];
+    for (size_t i = 0; i < sizeof(msg); i++)
+        msg[i] = (uint8_t)(i ^ (i >> 8));
+    cr_assert_eq(tern_kcp_send(a, msg, sizeof(msg), 0), 0);
+    cr_assert_eq(tern_kcp_send(a, "tail", 4, 0), 0);
+    collect(a, &w_ab, 0);
+    deliver(&w_ab, b, 1, NULL);
+    tern_kcp_stats st;
+    tern_kcp_get_stats(b, &st);
+    cr_assert_eq(st.rcv_queue_segs, 21);
+    cr_assert_eq(st.rcv_buf_segs, 0);
+    cr_assert_eq(tern_kcp_recv(b, got, sizeof(got), 1), (tern_ssize)sizeof(msg));
+    cr_assert_arr_eq(got, msg, sizeof(msg));
+    cr_assert_eq(tern_kcp_recv(b, got, sizeof(got), 1), 4);
+    tern_kcp_del(a);
     tern_kcp_del(b);
 }
 
