@@ -81,6 +81,7 @@ struct tern_kcp {
 
     seg *free_segs[N_CLASSES];
     uint32_t class_cap[N_CLASSES];
+    size_t pool_bytes; /* held in the free lists, at most snd_queue_max */
 
     /* Send side. */
     seg_list snd_queue; /* not yet sent */
@@ -177,6 +178,36 @@ static void list_remove(seg_list *l, seg *s)
     l->count--;
 }
 
+static void list_insert_before(seg_list *l, seg *at, seg *s)
+{
+    s->next = at;
+    s->prev = at->prev;
+    if (at->prev)
+        at->prev->next = s;
+    else
+        l->head = s;
+    at->prev = s;
+    l->count++;
+}
+
+/* Lost segments wait in sequence order, so the oldest goes out first: it is
+ * what holds up delivery, and when a congestion window lets only one
+ * segment through, the one that keeps failing keeps being retried and the
+ * dead-link count can reach its threshold. Losses are usually declared in
+ * order, so this is an append. */
+static void lost_insert(tern_kcp *k, seg *s)
+{
+    seg_list *l = &k->lost;
+    if (!l->tail || tern_kcp_diff32(s->sn, l->tail->sn) > 0) {
+        list_append(l, s);
+        return;
+    }
+    seg *at = l->head;
+    while (tern_kcp_diff32(at->sn, s->sn) < 0)
+        at = at->next;
+    list_insert_before(l, at, s);
+}
+
 static seg *list_pop(seg_list *l)
 {
     seg *s = l->head;
@@ -215,6 +246,7 @@ static seg *seg_alloc(tern_kcp *k, uint32_t len)
     if (cls != UNPOOLED && k->free_segs[cls]) {
         s = k->free_segs[cls];
         k->free_segs[cls] = s->next;
+        k->pool_bytes -= sizeof(seg) + cap;
     } else {
         s = tern_mem_alloc(&k->mem, sizeof(seg) + cap);
         if (!s)
@@ -228,12 +260,17 @@ static seg *seg_alloc(tern_kcp *k, uint32_t len)
     return s;
 }
 
+/* The free lists keep what steady traffic recycles, but never more than the
+ * send queue's own bound: traffic of changing sizes would otherwise leave a
+ * full queue's worth idle in every size class. */
 static void seg_free(tern_kcp *k, seg *s)
 {
-    if (s->pool_class == UNPOOLED) {
+    size_t charge = seg_charge(s);
+    if (s->pool_class == UNPOOLED || k->pool_bytes + charge > k->cfg.snd_queue_max) {
         tern_mem_free(&k->mem, s);
         return;
     }
+    k->pool_bytes += charge;
     s->next = k->free_segs[s->pool_class];
     k->free_segs[s->pool_class] = s;
 }
@@ -835,7 +872,7 @@ static void declare_lost(tern_kcp *k, seg *s, uint8_t kind, tern_ms now)
     k->in_flight_bytes -= s->len;
     s->state = SEG_LOST;
     s->lost_kind = kind;
-    list_append(&k->lost, s);
+    lost_insert(k, s);
     k->st.lost++;
     if (kind == LOST_TIMEOUT) {
         uint64_t rto = k->cfg.backoff == TERN_KCP_BACKOFF_X2 ? (uint64_t)s->rto * 2
@@ -1275,6 +1312,11 @@ size_t tern_kcp_unacked_bytes(const tern_kcp *k)
     return k ? k->snd_payload : 0;
 }
 
+size_t tern_kcp_unacked_segments(const tern_kcp *k)
+{
+    return k ? (size_t)k->snd_queue.count + k->in_flight.count + k->lost.count : 0;
+}
+
 void tern_kcp_get_stats(const tern_kcp *k, tern_kcp_stats *out)
 {
     if (!k || !out)
@@ -1287,6 +1329,7 @@ void tern_kcp_get_stats(const tern_kcp *k, tern_kcp_stats *out)
     out->ssthresh_bytes = k->cc->ssthresh(k->cc_state);
     out->in_flight_bytes = k->in_flight_bytes;
     out->in_flight_segs = k->in_flight.count;
+    out->resend_segs = k->lost.count;
     out->snd_queue_segs = k->snd_queue.count;
     out->snd_queue_bytes = k->snd_payload;
     out->rcv_buf_segs = k->rcv_held;

@@ -223,6 +223,9 @@ TERN_API int tern_kcp_handle_expiry(tern_kcp *kcp, tern_ms now);
 TERN_API bool tern_kcp_is_dead(const tern_kcp *kcp);
 /* Payload bytes still waiting to be sent or acknowledged. */
 TERN_API size_t tern_kcp_unacked_bytes(const tern_kcp *kcp);
+/* Segments still waiting to be sent or acknowledged (an empty message is a
+ * segment with no bytes): 0 means everything sent was acknowledged. */
+TERN_API size_t tern_kcp_unacked_segments(const tern_kcp *kcp);
 
 typedef struct tern_kcp_stats {
     uint64_t datagrams_sent, datagrams_recv;
@@ -244,6 +247,7 @@ typedef struct tern_kcp_stats {
     uint64_t cwnd_bytes, ssthresh_bytes;    /* UINT64_MAX if unlimited */
     uint64_t in_flight_bytes;
     uint32_t in_flight_segs;
+    uint32_t resend_segs;                   /* declared lost, waiting to be sent again */
     uint32_t snd_queue_segs;                /* waiting for the window */
     size_t snd_queue_bytes;                 /* unsent + unacked */
     uint32_t rcv_buf_segs;                  /* received, not yet deliverable */
