@@ -10,11 +10,6 @@ static void put32(uint8_t *p, uint32_t v)
     p[3] = (uint8_t)(v >> 24);
 }
 
-static uint32_t get32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
 void tern_kcp_hdr_encode(uint8_t *out, const tern_kcp_hdr *hdr)
 {
     put32(out, hdr->conv);
@@ -30,14 +25,14 @@ void tern_kcp_hdr_encode(uint8_t *out, const tern_kcp_hdr *hdr)
 
 void tern_kcp_hdr_decode(const uint8_t *in, tern_kcp_hdr *hdr)
 {
-    hdr->conv = get32(in);
+    hdr->conv = tern_kcp_get32(in);
     hdr->cmd = in[4];
     hdr->frg = in[5];
     hdr->wnd = (uint16_t)(in[6] | in[7] << 8);
-    hdr->ts = get32(in + 8);
-    hdr->sn = get32(in + 12);
-    hdr->una = get32(in + 16);
-    hdr->len = get32(in + 20);
+    hdr->ts = tern_kcp_get32(in + 8);
+    hdr->sn = tern_kcp_get32(in + 12);
+    hdr->una = tern_kcp_get32(in + 16);
+    hdr->len = tern_kcp_get32(in + 20);
 }
 
 int tern_kcp_datagram_check(const uint8_t *pkt, size_t len, uint32_t conv)

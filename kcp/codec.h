@@ -35,6 +35,12 @@ void tern_kcp_hdr_decode(const uint8_t *in, tern_kcp_hdr *hdr);
  * TERN_ERR_MALFORMED, or TERN_ERR_CONV if well-formed but for another conv. */
 int tern_kcp_datagram_check(const uint8_t *pkt, size_t len, uint32_t conv);
 
+/* A little-endian 32-bit field, for walking a checked datagram quickly. */
+static inline uint32_t tern_kcp_get32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
 /* Serial-number arithmetic on the wire's 32-bit sn and ts: a - b as a signed
  * distance, correct across wraparound while |a - b| < 2^31. */
 static inline int32_t tern_kcp_diff32(uint32_t a, uint32_t b)

@@ -57,6 +57,13 @@ typedef struct seg_list {
     uint32_t count;
 } seg_list;
 
+/* The deadline sits beside the pointer so that sifting never touches the
+ * (cold) segment it points to. */
+typedef struct heap_entry {
+    tern_ms deadline;
+    seg *s;
+} heap_entry;
+
 typedef struct pending_ack {
     uint32_t sn, ts;
 } pending_ack;
@@ -77,6 +84,8 @@ struct tern_kcp {
     void *user_data;
     tern_mem mem;
     uint32_t mss;
+    size_t max_message;
+    bool cc_limits; /* false for "none": skip the call per segment */
     tern_ms now;
 
     seg *free_segs[N_CLASSES];
@@ -89,7 +98,7 @@ struct tern_kcp {
     seg_list lost;      /* declared lost, waiting to be sent again */
     seg **snd_ring;     /* [snd_una, snd_nxt) by sn; NULL once acknowledged */
     uint32_t snd_mask;
-    seg **heap;         /* in-flight segments by deadline */
+    heap_entry *heap;   /* in-flight segments by deadline */
     uint32_t heap_len;
     uint32_t snd_una, snd_nxt;
     uint32_t rmt_wnd;
@@ -121,7 +130,7 @@ struct tern_kcp {
     uint32_t last_adv_wnd;
 
     pending_ack *acks;
-    uint32_t ack_count, ack_alloc, ack_cap;
+    uint32_t ack_head, ack_count, ack_alloc, ack_cap; /* pending: [ack_head, +ack_count) */
     tern_ms ack_due;
 
     uint8_t probe_flags;
@@ -277,64 +286,66 @@ static void seg_free(tern_kcp *k, seg *s)
 
 /* ---- timer heap, keyed by deadline ---- */
 
-static void heap_place(tern_kcp *k, uint32_t i, seg *s)
+static void heap_place(tern_kcp *k, uint32_t i, heap_entry e)
 {
-    k->heap[i] = s;
-    s->heap_index = i;
+    k->heap[i] = e;
+    e.s->heap_index = i;
 }
 
 static void heap_sift_up(tern_kcp *k, uint32_t i)
 {
-    seg *s = k->heap[i];
+    heap_entry e = k->heap[i];
     while (i > 0) {
         uint32_t parent = (i - 1) / 2;
-        if (k->heap[parent]->deadline <= s->deadline)
+        if (k->heap[parent].deadline <= e.deadline)
             break;
         heap_place(k, i, k->heap[parent]);
         i = parent;
     }
-    heap_place(k, i, s);
+    heap_place(k, i, e);
 }
 
 static void heap_sift_down(tern_kcp *k, uint32_t i)
 {
-    seg *s = k->heap[i];
+    heap_entry e = k->heap[i];
     for (;;) {
         uint32_t child = 2 * i + 1;
         if (child >= k->heap_len)
             break;
-        if (child + 1 < k->heap_len && k->heap[child + 1]->deadline < k->heap[child]->deadline)
+        if (child + 1 < k->heap_len && k->heap[child + 1].deadline < k->heap[child].deadline)
             child++;
-        if (s->deadline <= k->heap[child]->deadline)
+        if (e.deadline <= k->heap[child].deadline)
             break;
         heap_place(k, i, k->heap[child]);
         i = child;
     }
-    heap_place(k, i, s);
+    heap_place(k, i, e);
 }
 
 static void heap_push(tern_kcp *k, seg *s)
 {
-    heap_place(k, k->heap_len++, s);
-    heap_sift_up(k, s->heap_index);
+    uint32_t i = k->heap_len++;
+    heap_place(k, i, (heap_entry){s->deadline, s});
+    heap_sift_up(k, i);
 }
 
 static void heap_remove(tern_kcp *k, seg *s)
 {
     uint32_t i = s->heap_index;
     s->heap_index = NOT_IN_HEAP;
-    seg *last = k->heap[--k->heap_len];
+    heap_entry last = k->heap[--k->heap_len];
     if (i == k->heap_len)
         return;
     heap_place(k, i, last);
     heap_sift_up(k, i);
-    heap_sift_down(k, last->heap_index);
+    heap_sift_down(k, last.s->heap_index);
 }
 
 /* The deadline only ever moves earlier here. */
 static void heap_deadline_earlier(tern_kcp *k, seg *s, tern_ms deadline)
 {
     s->deadline = deadline;
+    k->heap[s->heap_index].deadline = deadline;
     heap_sift_up(k, s->heap_index);
 }
 
@@ -396,7 +407,7 @@ static uint32_t rcv_unused_wnd(const tern_kcp *k)
  * segments sent past it into a full queue would only be lost again. */
 static bool cwnd_allows(const tern_kcp *k, const seg *s)
 {
-    return k->cc->can_send(k->cc_state, s->len);
+    return !k->cc_limits || k->cc->can_send(k->cc_state, s->len);
 }
 
 static bool can_send_new(const tern_kcp *k)
@@ -449,7 +460,7 @@ static int grow_snd(tern_kcp *k, uint32_t need)
         return 0;
     uint32_t ncap = grown_cap(cap, need);
     seg **ring = tern_mem_calloc(&k->mem, ncap, sizeof(seg *));
-    seg **heap = tern_mem_calloc(&k->mem, ncap, sizeof(seg *));
+    heap_entry *heap = tern_mem_calloc(&k->mem, ncap, sizeof(heap_entry));
     if (!ring || !heap) {
         tern_mem_free(&k->mem, ring);
         tern_mem_free(&k->mem, heap);
@@ -458,7 +469,7 @@ static int grow_snd(tern_kcp *k, uint32_t need)
     for (uint32_t sn = k->snd_una; sn != k->snd_nxt; sn++)
         ring[sn & (ncap - 1)] = k->snd_ring[sn & k->snd_mask];
     if (k->heap_len)
-        memcpy(heap, k->heap, k->heap_len * sizeof(seg *));
+        memcpy(heap, k->heap, k->heap_len * sizeof(heap_entry));
     tern_mem_free(&k->mem, k->snd_ring);
     tern_mem_free(&k->mem, k->heap);
     k->snd_ring = ring;
@@ -487,10 +498,19 @@ static int grow_rcv(tern_kcp *k, uint32_t need)
     return 0;
 }
 
+/* Makes room to append one pending ACK: first by moving the pending ones
+ * to the front (write_pkt takes from the front without moving the rest),
+ * then by doubling up to ack_cap. */
 static int grow_acks(tern_kcp *k)
 {
-    if (k->ack_count < k->ack_alloc)
+    if (k->ack_head + k->ack_count < k->ack_alloc)
         return 0;
+    if (k->ack_head) {
+        memmove(k->acks, k->acks + k->ack_head, k->ack_count * sizeof(pending_ack));
+        k->ack_head = 0;
+        if (k->ack_count < k->ack_alloc)
+            return 0;
+    }
     if (k->ack_alloc >= k->ack_cap)
         return TERN_ERR_NOBUFS;
     uint32_t n = k->ack_alloc ? k->ack_alloc * 2 : RING_MIN;
@@ -505,6 +525,15 @@ static int grow_acks(tern_kcp *k)
     k->acks = acks;
     k->ack_alloc = n;
     return 0;
+}
+
+static size_t compute_max_message(const tern_kcp *k)
+{
+    size_t per_seg = sizeof(seg) + k->mss;
+    size_t fit = k->cfg.snd_queue_max / per_seg;
+    if (k->cfg.mode == TERN_KCP_MODE_MESSAGE && fit > TERN_KCP_MAX_FRAGMENTS)
+        fit = TERN_KCP_MAX_FRAGMENTS;
+    return fit * k->mss;
 }
 
 /* ---- creation ---- */
@@ -552,6 +581,8 @@ int tern_kcp_new(tern_kcp **out, const tern_kcp_settings *settings,
     }
     if (k->cc_owned)
         k->cc->init(k->cc_state, k->mss, now);
+    k->cc_limits = k->cc != tern_kcp_cc_find("none");
+    k->max_message = compute_max_message(k);
 
     k->rmt_wnd = settings->rcv_wnd; /* assume the peer is like us until it says */
     k->rto = settings->rto_initial_ms;
@@ -612,11 +643,7 @@ void *tern_kcp_user_data(const tern_kcp *k)
 
 size_t tern_kcp_max_message(const tern_kcp *k)
 {
-    size_t per_seg = sizeof(seg) + k->mss;
-    size_t fit = k->cfg.snd_queue_max / per_seg;
-    if (k->cfg.mode == TERN_KCP_MODE_MESSAGE && fit > TERN_KCP_MAX_FRAGMENTS)
-        fit = TERN_KCP_MAX_FRAGMENTS;
-    return fit * k->mss;
+    return k ? k->max_message : 0;
 }
 
 static void queue_segment(tern_kcp *k, seg *s)
@@ -634,6 +661,8 @@ static int reserve_snd(tern_kcp *k, size_t more)
     uint64_t need = (uint64_t)(k->snd_nxt - k->snd_una) + k->snd_queue.count + more;
     if (need > k->cfg.snd_wnd)
         need = k->cfg.snd_wnd;
+    if (k->snd_ring && need <= (uint64_t)k->snd_mask + 1)
+        return 0;
     return grow_snd(k, (uint32_t)need);
 }
 
@@ -716,7 +745,7 @@ int tern_kcp_send(tern_kcp *k, const void *data, size_t len, tern_ms now)
     advance_clock(k, now);
     if (k->dead)
         return TERN_ERR_DEADLINK;
-    if (len > tern_kcp_max_message(k))
+    if (len > k->max_message)
         return TERN_ERR_MSGSIZE;
     int rc;
     if (k->cfg.mode == TERN_KCP_MODE_MESSAGE)
@@ -1012,7 +1041,7 @@ static void queue_ack(tern_kcp *k, uint32_t sn, uint32_t ts)
     }
     if (k->ack_count == 0)
         k->ack_due = k->now + (k->cfg.ack_nodelay ? 0 : k->cfg.ack_delay_ms);
-    k->acks[k->ack_count++] = (pending_ack){sn, ts};
+    k->acks[k->ack_head + k->ack_count++] = (pending_ack){sn, ts};
     if (k->ack_count >= ACK_EVERY)
         k->ack_due = k->now;
 }
@@ -1083,11 +1112,12 @@ int tern_kcp_read_pkt(tern_kcp *k, const uint8_t *pkt, size_t len, tern_ms now)
      * would remove the segments whose newer echoed ts make the best RTT
      * sample. */
     for (size_t off = 0; off < len;) {
-        tern_kcp_hdr h;
-        tern_kcp_hdr_decode(pkt + off, &h);
-        if (h.cmd == TERN_KCP_CMD_ACK)
+        if (pkt[off + 4] == TERN_KCP_CMD_ACK) {
+            tern_kcp_hdr h;
+            tern_kcp_hdr_decode(pkt + off, &h);
             apply_ack(k, &h, &b);
-        off += TERN_KCP_OVERHEAD + h.len;
+        }
+        off += TERN_KCP_OVERHEAD + tern_kcp_get32(pkt + off + 20);
     }
     for (size_t off = 0; off < len;) {
         tern_kcp_hdr h;
@@ -1234,13 +1264,13 @@ tern_ssize tern_kcp_write_pkt(tern_kcp *k, uint8_t *dest, size_t cap, tern_ms no
     /* ACKs ride first, whether due or not: they are cheapest now. */
     uint32_t written = 0;
     while (written < k->ack_count && off + TERN_KCP_OVERHEAD <= limit) {
-        const pending_ack *a = &k->acks[written++];
+        const pending_ack *a = &k->acks[k->ack_head + written++];
         off += put_segment(k, dest + off, TERN_KCP_CMD_ACK, 0, wnd, a->ts, a->sn, NULL, 0);
         k->st.acks_sent++;
     }
     if (written) {
         k->ack_count -= written;
-        memmove(k->acks, k->acks + written, k->ack_count * sizeof(pending_ack));
+        k->ack_head = k->ack_count ? k->ack_head + written : 0;
         k->ack_due = k->ack_count ? now : NEVER;
     }
     if ((k->probe_flags & PROBE_ASK) && off + TERN_KCP_OVERHEAD <= limit) {
@@ -1281,7 +1311,7 @@ tern_ms tern_kcp_get_expiry(const tern_kcp *k)
         return k->now;
     tern_ms t = k->ack_count ? k->ack_due : NEVER;
     if (k->heap_len)
-        t = min_ms(t, k->heap[0]->deadline);
+        t = min_ms(t, k->heap[0].deadline);
     return min_ms(t, k->probe_due);
 }
 
@@ -1292,8 +1322,8 @@ int tern_kcp_handle_expiry(tern_kcp *k, tern_ms now)
     advance_clock(k, now);
     if (k->dead)
         return TERN_ERR_DEADLINK;
-    while (k->heap_len && k->heap[0]->deadline <= k->now) {
-        seg *s = k->heap[0];
+    while (k->heap_len && k->heap[0].deadline <= k->now) {
+        seg *s = k->heap[0].s;
         declare_lost(k, s, s->early_deadline ? LOST_EARLY : LOST_TIMEOUT, k->now);
     }
     update_probe_timer(k, k->now);
