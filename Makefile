@@ -8,12 +8,13 @@
 #   make test    build/ with -Werror + ctest, then build-asan/ (ASan+UBSan) + ctest
 #   make soak    as test's first half, with TERN_SOAK=1 (1000 seeds per test)
 #   make bench   build build/ in Release and run every benchmark
-#   make fuzz    configure and build build-fuzz/ with clang (once fuzz/ exists)
+#   make fuzz    build build-fuzz/ with clang + libFuzzer, run each harness FUZZ_SECONDS
 #   make format  clang-format -i on the C sources
 #   make clean   remove build/, build-asan/ and build-fuzz/
 #
 # Overridable: TERN_PKGS (package list), JOBS (build jobs, default nproc),
-# CMAKE_ARGS (extra arguments for every configure), DEMO_ARGS, CC_FUZZ.
+# CMAKE_ARGS (extra arguments for every configure), DEMO_ARGS, CC_FUZZ,
+# FUZZ_SECONDS (default 60), FUZZ_TARGETS (default: every fuzz/fuzz_*.c).
 
 # Every Debian package the build, the tests and (later) fuzzing need.
 TERN_PKGS ?= cmake pkg-config gcc make libuv1-dev libsodium-dev libcriterion-dev clang
@@ -50,6 +51,8 @@ SAN_ENV := ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 
 BENCH_NAMES := $(sort $(patsubst bench/%.c,%,$(wildcard bench/bench_*.c)))
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= $(sort $(patsubst fuzz/fuzz_%.c,%,$(wildcard fuzz/fuzz_*.c)))
 FORMAT_DIRS := $(wildcard include kcp common netsim sim tests bench tools)
 
 # The inner builds get their own -j: do not hand them this make's flags (or
@@ -150,18 +153,31 @@ else
 	echo "==> tern: make bench done; results in $(BUILD_DIR)/bench-results.jsonl"
 endif
 
-# Placeholder until harnesses exist: configures and builds, runs nothing.
+# Builds build-fuzz/ with clang (libFuzzer, ASan, UBSan), then runs each
+# harness for FUZZ_SECONDS on fuzz/corpus/<name>/. New inputs collect in
+# build-fuzz/fuzz/new/<name>/ and only those that add coverage are merged
+# into fuzz/corpus/<name>/ (libFuzzer -merge=1), so the committed corpus
+# stays small; a crash is saved in build-fuzz/fuzz/artifacts/<name>/. Every
+# harness runs even if one fails; fails if any did.
 fuzz: deps
-	@if [ ! -f fuzz/CMakeLists.txt ]; then \
-	    echo "tern: no fuzz harnesses exist yet (fuzz/CMakeLists.txt is missing); nothing to build."; \
-	    exit 0; \
-	fi; \
-	set -e; \
+	@set -e; \
 	echo "CC=$(CC_FUZZ) $(CMAKE) -S . -B $(FUZZ_DIR) $(FUZZ_ARGS_CMAKE) $(CMAKE_ARGS)"; \
 	CC=$(CC_FUZZ) $(CMAKE) -S . -B $(FUZZ_DIR) $(FUZZ_ARGS_CMAKE) $(CMAKE_ARGS); \
-	echo "$(CMAKE) --build $(FUZZ_DIR) -j$(JOBS)"; \
-	$(CMAKE_BUILD) $(FUZZ_DIR) -j$(JOBS); \
-	echo "==> tern: fuzz harnesses built in $(FUZZ_DIR)/ (not run)"
+	$(CMAKE_BUILD) $(FUZZ_DIR) -j$(JOBS) --target $(addprefix fuzz_,$(FUZZ_TARGETS)); \
+	failed=""; \
+	for n in $(FUZZ_TARGETS); do \
+	    bin=$(FUZZ_DIR)/fuzz/fuzz_$$n; new=$(FUZZ_DIR)/fuzz/new/$$n; art=$(FUZZ_DIR)/fuzz/artifacts/$$n; \
+	    mkdir -p "$$new" "$$art" "fuzz/corpus/$$n"; \
+	    echo "==> tern: fuzz_$$n for $(FUZZ_SECONDS) s"; \
+	    if ! env $(SAN_ENV) "$$bin" -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	            -artifact_prefix="$$art/" "$$new" "fuzz/corpus/$$n"; then \
+	        echo "==> tern: fuzz_$$n FAILED; the input is in $$art/" >&2; \
+	        failed="$$failed $$n"; continue; \
+	    fi; \
+	    env $(SAN_ENV) "$$bin" -merge=1 "fuzz/corpus/$$n" "$$new" 2>&1 | tail -n 1; \
+	done; \
+	if [ -n "$$failed" ]; then echo "==> tern: make fuzz FAILED:$$failed" >&2; exit 1; fi; \
+	echo "==> tern: make fuzz done ($(FUZZ_SECONDS) s per harness: $(FUZZ_TARGETS))"
 
 # clang-format is not in TERN_PKGS (only developers need it), so no deps here.
 format:

@@ -44,6 +44,7 @@ struct seg {
     uint32_t skips;       /* ACK batches for later transmissions since its last send */
     uint32_t heap_index;
     uint16_t xmit;
+    uint16_t blind_xmit; /* sent before the peer's window was known, not the oldest */
     uint8_t frg;
     uint8_t pool_class;
     uint8_t state;
@@ -102,6 +103,8 @@ struct tern_kcp {
     uint32_t heap_len;
     uint32_t snd_una, snd_nxt;
     uint32_t rmt_wnd;
+    uint32_t rmt_wnd_una; /* the una that came with rmt_wnd */
+    bool rmt_wnd_known;
     size_t snd_mem;           /* charged against snd_queue_max */
     size_t snd_payload;       /* payload bytes unsent or unacknowledged */
     uint64_t in_flight_bytes; /* payload bytes of in-flight segments */
@@ -134,6 +137,7 @@ struct tern_kcp {
     tern_ms ack_due;
 
     uint8_t probe_flags;
+    uint32_t probes_unanswered;
     tern_ms probe_due;
     uint32_t probe_wait;
 
@@ -410,20 +414,31 @@ static bool cwnd_allows(const tern_kcp *k, const seg *s)
     return !k->cc_limits || k->cc->can_send(k->cc_state, s->len);
 }
 
+static uint32_t send_wnd(const tern_kcp *k)
+{
+    return k->cfg.snd_wnd < k->rmt_wnd ? k->cfg.snd_wnd : k->rmt_wnd;
+}
+
 static bool can_send_new(const tern_kcp *k)
 {
     const seg *s = k->snd_queue.head;
     if (!s)
         return false;
-    uint32_t wnd = k->cfg.snd_wnd < k->rmt_wnd ? k->cfg.snd_wnd : k->rmt_wnd;
-    if (k->snd_nxt - k->snd_una >= wnd)
+    if (k->snd_nxt - k->snd_una >= send_wnd(k))
         return false;
     return cwnd_allows(k, s);
 }
 
+/* A resend past the peer's window would be dropped unacknowledged and only
+ * bring the dead link closer: it waits, and the window is probed. */
+static bool can_resend(const tern_kcp *k, const seg *s)
+{
+    return s->sn - k->snd_una < send_wnd(k) && cwnd_allows(k, s);
+}
+
 static void update_probe_timer(tern_kcp *k, tern_ms now)
 {
-    if (k->rmt_wnd != 0 || !k->snd_queue.head) {
+    if (k->rmt_wnd != 0 || (!k->snd_queue.head && !k->lost.head)) {
         k->probe_due = NEVER;
         k->probe_wait = 0;
         return;
@@ -433,6 +448,10 @@ static void update_probe_timer(tern_kcp *k, tern_ms now)
         k->probe_due = now + k->probe_wait;
     } else if (now >= k->probe_due) {
         k->probe_flags |= PROBE_ASK;
+        /* A peer that answers no probe at all is as gone as one that
+         * acknowledges nothing. */
+        if (++k->probes_unanswered >= k->cfg.dead_link)
+            k->dead = true;
         uint64_t next = (uint64_t)k->probe_wait + k->probe_wait / 2;
         k->probe_wait = clamp_u32(next, k->cfg.probe_min_ms, k->cfg.probe_max_ms);
         k->probe_due = now + k->probe_wait;
@@ -584,7 +603,10 @@ int tern_kcp_new(tern_kcp **out, const tern_kcp_settings *settings,
     k->cc_limits = k->cc != tern_kcp_cc_find("none");
     k->max_message = compute_max_message(k);
 
-    k->rmt_wnd = settings->rcv_wnd; /* assume the peer is like us until it says */
+    /* Until the peer says, assume its window is like ours, as classic KCP
+     * does; what a smaller real window drops is not held against the link
+     * (see transmit()). */
+    k->rmt_wnd = settings->rcv_wnd;
     k->rto = settings->rto_initial_ms;
     k->reorder_mult = 1;
     k->ack_due = NEVER;
@@ -764,14 +786,26 @@ static seg *rcv_slot(const tern_kcp *k, uint32_t sn)
 }
 
 /* Message mode: the segments from rcv_read up to the first with frg == 0. */
-static tern_ssize message_size(const tern_kcp *k, uint32_t *segments)
+/* Message mode: the segments from rcv_read up to the first with frg == 0,
+ * after the tail of a dropped oversize message that is still to be
+ * discarded (*skip segments), so that peek and recv agree. */
+static tern_ssize message_size(const tern_kcp *k, uint32_t *skip, uint32_t *segments)
 {
+    uint32_t sn = k->rcv_read;
+    uint32_t discard = k->rcv_discard;
+    while (discard && sn != k->rcv_nxt) {
+        discard = rcv_slot(k, sn)->frg == 0 ? 0 : discard - 1;
+        sn++;
+    }
+    if (discard)
+        return TERN_ERR_AGAIN;
+    *skip = sn - k->rcv_read;
     size_t size = 0;
-    for (uint32_t sn = k->rcv_read; sn != k->rcv_nxt; sn++) {
+    for (uint32_t first = sn; sn != k->rcv_nxt; sn++) {
         const seg *s = rcv_slot(k, sn);
         size += s->len;
         if (s->frg == 0) {
-            *segments = sn - k->rcv_read + 1;
+            *segments = sn - first + 1;
             return (tern_ssize)size;
         }
     }
@@ -784,8 +818,8 @@ tern_ssize tern_kcp_peek_size(const tern_kcp *k)
         return TERN_ERR_INVAL;
     if (k->cfg.mode == TERN_KCP_MODE_STREAM)
         return k->rcv_ready_bytes ? (tern_ssize)k->rcv_ready_bytes : TERN_ERR_AGAIN;
-    uint32_t segments;
-    return message_size(k, &segments);
+    uint32_t skip, segments;
+    return message_size(k, &skip, &segments);
 }
 
 static void release_read(tern_kcp *k, uint32_t sn)
@@ -824,8 +858,8 @@ static void discard_oversize_tail(tern_kcp *k)
 static tern_ssize recv_message(tern_kcp *k, uint8_t *buf, size_t cap)
 {
     discard_oversize_tail(k);
-    uint32_t segments = 0;
-    tern_ssize size = message_size(k, &segments);
+    uint32_t skip = 0, segments = 0;
+    tern_ssize size = message_size(k, &skip, &segments);
     if (size == TERN_ERR_AGAIN) {
         /* A full window holding no message end can never complete: the peer
          * sent a message larger than our window. Drop it so the stream moves
@@ -861,8 +895,22 @@ static tern_ssize recv_message(tern_kcp *k, uint8_t *buf, size_t cap)
     return size;
 }
 
+/* Stream mode: an empty segment carries nothing to read, so nothing would
+ * ever consume it; a peer sending them could fill and wedge the window. */
+static void release_empty_stream_head(tern_kcp *k)
+{
+    bool released = false;
+    while (k->rcv_read != k->rcv_nxt && rcv_slot(k, k->rcv_read)->len == 0) {
+        release_read(k, k->rcv_read++);
+        released = true;
+    }
+    if (released)
+        after_read(k);
+}
+
 static tern_ssize recv_stream(tern_kcp *k, uint8_t *buf, size_t cap)
 {
+    release_empty_stream_head(k);
     if (!k->rcv_ready_bytes)
         return TERN_ERR_AGAIN;
     size_t off = 0;
@@ -1105,6 +1153,7 @@ int tern_kcp_read_pkt(tern_kcp *k, const uint8_t *pkt, size_t len, tern_ms now)
         return check;
     }
     k->st.datagrams_recv++;
+    k->probes_unanswered = 0;
     uint32_t held_before = k->rcv_held;
     ack_batch b = {0};
     /* Every ACK first, then the rest: a datagram's ACKs all carry an UNA
@@ -1124,7 +1173,13 @@ int tern_kcp_read_pkt(tern_kcp *k, const uint8_t *pkt, size_t len, tern_ms now)
         tern_kcp_hdr_decode(pkt + off, &h);
         off += TERN_KCP_OVERHEAD;
         k->st.segs_recv++;
-        k->rmt_wnd = h.wnd;
+        /* A reordered old segment carries an old window: una + wnd only
+         * means something with the newest una. */
+        if (!k->rmt_wnd_known || tern_kcp_diff32(h.una, k->rmt_wnd_una) >= 0) {
+            k->rmt_wnd = h.wnd;
+            k->rmt_wnd_una = h.una;
+            k->rmt_wnd_known = true;
+        }
         apply_una(k, h.una, &b);
         if (h.cmd == TERN_KCP_CMD_PUSH)
             accept_data(k, &h, pkt + off);
@@ -1153,6 +1208,8 @@ int tern_kcp_read_pkt(tern_kcp *k, const uint8_t *pkt, size_t len, tern_ms now)
     }
     if (k->cfg.mode == TERN_KCP_MODE_MESSAGE)
         discard_oversize_tail(k);
+    else
+        release_empty_stream_head(k);
     update_probe_timer(k, k->now);
     return 0;
 }
@@ -1184,7 +1241,12 @@ static void transmit(tern_kcp *k, seg *s, tern_ms now)
     k->in_flight_bytes += s->len;
     k->cc->on_sent(k->cc_state, s->len, now);
     heap_push(k, s);
-    if (s->xmit >= k->cfg.dead_link)
+    /* Before the peer's window is known, sends past the oldest segment may
+     * overrun a window smaller than guessed and be dropped through no fault
+     * of the path; only the oldest one's sends are sure to count. */
+    if (!k->rmt_wnd_known && s->sn != k->snd_una && s->blind_xmit < UINT16_MAX)
+        s->blind_xmit++;
+    if (s->xmit - s->blind_xmit >= (int)k->cfg.dead_link)
         k->dead = true;
 }
 
@@ -1204,7 +1266,7 @@ static size_t put_segment(tern_kcp *k, uint8_t *out, uint8_t cmd, uint8_t frg, u
 static seg *next_data(const tern_kcp *k)
 {
     if (k->lost.head)
-        return cwnd_allows(k, k->lost.head) ? k->lost.head : NULL;
+        return can_resend(k, k->lost.head) ? k->lost.head : NULL;
     return can_send_new(k) ? k->snd_queue.head : NULL;
 }
 

@@ -980,3 +980,145 @@ Test(engine, out_of_memory_is_an_error_never_a_crash)
         tern_kcp_del(k);
     }
 }
+
+/* ---- the peer's window ---- */
+
+static void feed(tern_kcp *k, uint8_t cmd, uint32_t sn, uint32_t una, uint16_t wnd, tern_ms now)
+{
+    uint8_t d[24];
+    tern_kcp_hdr h = {.conv = 7, .cmd = cmd, .sn = sn, .una = una, .wnd = wnd};
+    tern_kcp_hdr_encode(d, &h);
+    cr_assert_eq(tern_kcp_read_pkt(k, d, sizeof(d), now), 0);
+}
+
+Test(window, a_reordered_old_segment_does_not_reopen_the_window)
+{
+    tern_kcp *a = make(7, TERN_KCP_MODE_MESSAGE, NULL);
+    for (int i = 0; i < 10; i++)
+        cr_assert_eq(tern_kcp_send(a, "m", 1, 0), 0);
+    collect(a, &w_ab, 0);
+    w_ab.n = 0;
+    feed(a, TERN_KCP_CMD_WINS, 0, 2, 0, 5);  /* new: 2 received, window shut */
+    feed(a, TERN_KCP_CMD_WINS, 0, 1, 50, 6); /* late, older: its wnd is stale */
+    tern_kcp_stats st;
+    tern_kcp_get_stats(a, &st);
+    cr_assert_eq(st.rmt_wnd, 0);
+    feed(a, TERN_KCP_CMD_WINS, 0, 2, 8, 7); /* same una, newer news */
+    tern_kcp_get_stats(a, &st);
+    cr_assert_eq(st.rmt_wnd, 8);
+    tern_kcp_del(a);
+}
+
+Test(window, lost_segments_wait_for_the_window_and_the_window_is_probed)
+{
+    tern_kcp *a = make(7, TERN_KCP_MODE_MESSAGE, timeout_only);
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(tern_kcp_send(a, "m", 1, 0), 0);
+    collect(a, &w_ab, 0);
+    w_ab.n = 0;
+    feed(a, TERN_KCP_CMD_WINS, 0, 0, 0, 5); /* nothing received, no room */
+    tern_ms t = 5;
+    int probes = 0;
+    for (int i = 0; i < 6; i++) {
+        t = tern_kcp_get_expiry(a);
+        cr_assert_eq(tern_kcp_handle_expiry(a, t), 0);
+        collect(a, &w_ab, t);
+        for (size_t j = 0; j < w_ab.n; j++) {
+            tern_kcp_hdr h;
+            tern_kcp_hdr_decode(w_ab.pkt[j], &h);
+            cr_assert_neq(h.cmd, TERN_KCP_CMD_PUSH, "no resend into a shut window");
+            probes += h.cmd == TERN_KCP_CMD_WASK;
+        }
+        w_ab.n = 0;
+    }
+    cr_assert_gt(probes, 0);
+    tern_kcp_stats st;
+    tern_kcp_get_stats(a, &st);
+    cr_assert_eq(st.resend_segs, 3);
+    feed(a, TERN_KCP_CMD_WINS, 0, 0, 4, t + 1);
+    cr_assert_eq(collect(a, &w_ab, t + 1), 1, "the window opens: all three resent");
+    cr_assert_eq(w_ab.len[0], 3 * 25);
+    w_ab.n = 0;
+    tern_kcp_del(a);
+}
+
+static void few_dead(tern_kcp_settings *s)
+{
+    s->dead_link = 5;
+}
+
+Test(window, a_peer_that_answers_no_probe_is_dead)
+{
+    tern_kcp *a = make(7, TERN_KCP_MODE_MESSAGE, few_dead);
+    cr_assert_eq(tern_kcp_send(a, "m", 1, 0), 0);
+    collect(a, &w_ab, 0);
+    w_ab.n = 0;
+    feed(a, TERN_KCP_CMD_ACK, 0, 1, 0, 5); /* acknowledged, and the window shuts */
+    cr_assert_eq(tern_kcp_send(a, "n", 1, 6), 0);
+    for (int i = 0; i < 50 && !tern_kcp_is_dead(a); i++) {
+        tern_ms t = tern_kcp_get_expiry(a);
+        tern_kcp_handle_expiry(a, t);
+        uint8_t out[1500];
+        tern_kcp_write_pkt(a, out, sizeof(out), t);
+    }
+    cr_assert(tern_kcp_is_dead(a));
+    tern_kcp_stats st;
+    tern_kcp_get_stats(a, &st);
+    cr_assert_geq(st.probes_sent, 4);
+    tern_kcp_del(a);
+}
+
+Test(window, empty_segments_cannot_wedge_a_stream)
+{
+    tern_kcp *b = make(7, TERN_KCP_MODE_STREAM, tiny_rcv_wnd);
+    for (uint32_t sn = 0; sn < 12; sn++) {
+        uint8_t d[24];
+        tern_kcp_hdr h = {.conv = 7, .cmd = TERN_KCP_CMD_PUSH, .sn = sn, .wnd = 32};
+        tern_kcp_hdr_encode(d, &h);
+        cr_assert_eq(tern_kcp_read_pkt(b, d, sizeof(d), 1), 0);
+    }
+    tern_kcp_stats st;
+    tern_kcp_get_stats(b, &st);
+    cr_assert_eq(st.rcv_queue_segs, 0, "nothing to read holds no window");
+    cr_assert_eq(st.out_of_window, 0);
+    uint8_t d[29];
+    tern_kcp_hdr h = {.conv = 7, .cmd = TERN_KCP_CMD_PUSH, .sn = 12, .wnd = 32, .len = 5};
+    tern_kcp_hdr_encode(d, &h);
+    memcpy(d + 24, "bytes", 5);
+    cr_assert_eq(tern_kcp_read_pkt(b, d, sizeof(d), 2), 0);
+    uint8_t got[8];
+    cr_assert_eq(tern_kcp_recv(b, got, sizeof(got), 2), 5);
+    tern_kcp_del(b);
+}
+
+Test(window, peek_agrees_with_recv_while_an_oversize_tail_is_pending)
+{
+    tern_kcp *b = make(7, TERN_KCP_MODE_MESSAGE, tiny_rcv_wnd);
+    uint8_t d[32], got[64];
+    /* A 6-fragment message into a window of 4: dropped, 2 fragments to come. */
+    for (uint32_t sn = 0; sn < 4; sn++) {
+        tern_kcp_hdr h = {.conv = 7, .cmd = TERN_KCP_CMD_PUSH, .frg = (uint8_t)(5 - sn), .sn = sn,
+                          .len = 1, .wnd = 32};
+        tern_kcp_hdr_encode(d, &h);
+        cr_assert_eq(tern_kcp_read_pkt(b, d, 25, 1), 0);
+    }
+    cr_assert_eq(tern_kcp_recv(b, got, sizeof(got), 1), TERN_ERR_MSGSIZE);
+    /* The tail's first fragment arrives out of order, after a whole message. */
+    tern_kcp_hdr next = {.conv = 7, .cmd = TERN_KCP_CMD_PUSH, .sn = 6, .len = 3, .wnd = 32};
+    tern_kcp_hdr_encode(d, &next);
+    memcpy(d + 24, "new", 3);
+    cr_assert_eq(tern_kcp_read_pkt(b, d, 27, 2), 0);
+    tern_kcp_hdr tail = {.conv = 7, .cmd = TERN_KCP_CMD_PUSH, .frg = 1, .sn = 4, .len = 1,
+                         .wnd = 32};
+    tern_kcp_hdr_encode(d, &tail);
+    cr_assert_eq(tern_kcp_read_pkt(b, d, 25, 2), 0);
+    cr_assert_eq(tern_kcp_peek_size(b), TERN_ERR_AGAIN, "one tail fragment still missing");
+    tail.frg = 0;
+    tail.sn = 5;
+    tern_kcp_hdr_encode(d, &tail);
+    cr_assert_eq(tern_kcp_read_pkt(b, d, 25, 3), 0);
+    cr_assert_eq(tern_kcp_peek_size(b), 3, "peek names the message recv returns");
+    cr_assert_eq(tern_kcp_recv(b, got, sizeof(got), 3), 3);
+    cr_assert_eq(memcmp(got, "new", 3), 0);
+    tern_kcp_del(b);
+}

@@ -107,7 +107,8 @@ typedef struct tern_kcp_settings {
     tern_kcp_mode mode;
     uint32_t mtu;             /* largest datagram written, header included */
     uint32_t snd_wnd;         /* segments in flight at most */
-    uint32_t rcv_wnd;         /* segments buffered for the application at most */
+    uint32_t rcv_wnd;         /* segments: at most this many deliverable and unread, plus
+                               * this many held out of order (as classic KCP) */
     uint32_t interval_ms;     /* clock granularity: the least margin the RTO keeps above
                                * the smoothed RTT (KCP's interval) */
     uint32_t ack_delay_ms;    /* the longest a lone ACK waits for data to ride on */
@@ -164,7 +165,8 @@ TERN_API int tern_kcp_settings_check(const tern_kcp_settings *s);
 
 typedef struct tern_kcp_callbacks {
     /* Optional. Called once when a segment reaches settings.dead_link
-     * transmissions; afterwards send and write_pkt return TERN_ERR_DEADLINK. */
+     * transmissions, or that many window probes go unanswered; afterwards
+     * send and write_pkt return TERN_ERR_DEADLINK. */
     void (*dead_link)(tern_kcp *kcp, void *user_data);
 } tern_kcp_callbacks;
 
