@@ -122,8 +122,8 @@ struct tern_kcp {
     void *cc_state;
     bool cc_owned;
 
-    /* Receive side. rcv_ring covers [rcv_read, rcv_read + rcv_wnd):
-     * [rcv_read, rcv_nxt) is deliverable, beyond it are out-of-order holds. */
+    /* Receive side. [rcv_read, rcv_nxt) is deliverable (at most rcv_wnd),
+     * up to rcv_wnd past it are out-of-order holds. */
     seg **rcv_ring;
     uint32_t rcv_mask;
     uint32_t rcv_read, rcv_nxt;
@@ -436,6 +436,17 @@ static bool can_resend(const tern_kcp *k, const seg *s)
     return s->sn - k->snd_una < send_wnd(k) && cwnd_allows(k, s);
 }
 
+/* Every entry point that can kill the link ends here, so the callback
+ * fires once whichever way death came (a segment's sends or the probes). */
+static void report_dead(tern_kcp *k)
+{
+    if (k->dead && !k->dead_reported) {
+        k->dead_reported = true;
+        if (k->cb.dead_link)
+            k->cb.dead_link(k, k->user_data);
+    }
+}
+
 static void update_probe_timer(tern_kcp *k, tern_ms now)
 {
     if (k->rmt_wnd != 0 || (!k->snd_queue.head && !k->lost.head)) {
@@ -450,8 +461,10 @@ static void update_probe_timer(tern_kcp *k, tern_ms now)
         k->probe_flags |= PROBE_ASK;
         /* A peer that answers no probe at all is as gone as one that
          * acknowledges nothing. */
-        if (++k->probes_unanswered >= k->cfg.dead_link)
+        if (++k->probes_unanswered >= k->cfg.dead_link) {
             k->dead = true;
+            report_dead(k);
+        }
         uint64_t next = (uint64_t)k->probe_wait + k->probe_wait / 2;
         k->probe_wait = clamp_u32(next, k->cfg.probe_min_ms, k->cfg.probe_max_ms);
         k->probe_due = now + k->probe_wait;
@@ -1355,11 +1368,7 @@ tern_ssize tern_kcp_write_pkt(tern_kcp *k, uint8_t *dest, size_t cap, tern_ms no
     off += bundle_copies(k, dest + off, limit - off, sent_before, wnd, now32);
     k->last_adv_wnd = wnd;
     k->st.datagrams_sent++;
-    if (k->dead && !k->dead_reported) {
-        k->dead_reported = true;
-        if (k->cb.dead_link)
-            k->cb.dead_link(k, k->user_data);
-    }
+    report_dead(k);
     return (tern_ssize)off;
 }
 
@@ -1389,7 +1398,7 @@ int tern_kcp_handle_expiry(tern_kcp *k, tern_ms now)
         declare_lost(k, s, s->early_deadline ? LOST_EARLY : LOST_TIMEOUT, k->now);
     }
     update_probe_timer(k, k->now);
-    return 0;
+    return k->dead ? TERN_ERR_DEADLINK : 0;
 }
 
 /* ---- introspection ---- */

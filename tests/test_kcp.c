@@ -1049,7 +1049,14 @@ static void few_dead(tern_kcp_settings *s)
 
 Test(window, a_peer_that_answers_no_probe_is_dead)
 {
-    tern_kcp *a = make(7, TERN_KCP_MODE_MESSAGE, few_dead);
+    tern_kcp_settings s;
+    tern_kcp_settings_default(&s);
+    s.conv = 7;
+    few_dead(&s);
+    tern_kcp_callbacks cb = {.dead_link = on_dead};
+    tern_kcp *a = NULL;
+    dead_calls = 0;
+    cr_assert_eq(tern_kcp_new(&a, &s, &cb, &dead_calls, NULL, 0), 0);
     cr_assert_eq(tern_kcp_send(a, "m", 1, 0), 0);
     collect(a, &w_ab, 0);
     w_ab.n = 0;
@@ -1062,6 +1069,7 @@ Test(window, a_peer_that_answers_no_probe_is_dead)
         tern_kcp_write_pkt(a, out, sizeof(out), t);
     }
     cr_assert(tern_kcp_is_dead(a));
+    cr_assert_eq(dead_calls, 1, "the callback fires for probe death too");
     tern_kcp_stats st;
     tern_kcp_get_stats(a, &st);
     cr_assert_geq(st.probes_sent, 4);
