@@ -17,7 +17,8 @@
 # FUZZ_SECONDS (default 60), FUZZ_TARGETS (default: every fuzz/fuzz_*.c).
 
 # Every Debian package the build, the tests and (later) fuzzing need.
-TERN_PKGS ?= cmake pkg-config gcc make libuv1-dev libsodium-dev libcriterion-dev clang
+TERN_PKGS ?= cmake pkg-config gcc make libuv1-dev libsodium-dev libcriterion-dev libjansson-dev \
+	clang
 
 CMAKE ?= cmake
 CTEST ?= ctest
@@ -53,7 +54,7 @@ SAN_ENV := ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 BENCH_NAMES := $(sort $(patsubst bench/%.c,%,$(wildcard bench/bench_*.c)))
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS ?= $(sort $(patsubst fuzz/fuzz_%.c,%,$(wildcard fuzz/fuzz_*.c)))
-FORMAT_DIRS := $(wildcard include kcp common netsim sim tests bench tools)
+FORMAT_DIRS := $(wildcard include kcp crypto common netsim sim tests bench tools)
 
 # The inner builds get their own -j: do not hand them this make's flags (or
 # its jobserver), nor MAKELEVEL (it makes a Makefile generator's gmake print

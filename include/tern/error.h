@@ -24,7 +24,11 @@ extern "C" {
     X(DEADLINK, -9, "peer unreachable (dead link)")                          \
     X(NOTFOUND, -10, "no such name")                                         \
     X(RANGE, -11, "value out of range")                                      \
-    X(CLOSED, -12, "object is closed")
+    X(CLOSED, -12, "object is closed")                                       \
+    X(DECRYPT, -13, "authentication failed")                                 \
+    X(STATE, -14, "call out of order")                                       \
+    X(UNSUPPORTED, -15, "not available on this machine")                     \
+    X(BADKEY, -16, "invalid or weak public key")
 
 typedef enum tern_errno {
 #define TERN_ERR_ENUM_(name, value, msg) TERN_ERR_##name = (value),

@@ -3,6 +3,7 @@
 #define TERN_H
 
 #include "common.h"
+#include "crypto.h"
 #include "error.h"
 #include "kcp.h"
 #include "netsim.h"
