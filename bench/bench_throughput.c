@@ -4,8 +4,10 @@
  * netsim, no malloc per datagram), with independent per-datagram loss drawn
  * from a seeded xorshift in each direction. Virtual time advances 1 ms per
  * round; each round:
- *   1. the sender queues messages until tern_kcp_send() says WOULDBLOCK (or
- *      a per-round cap), each carrying its index;
+ *   1. the sender queues messages, each carrying its index, while fewer
+ *      than 2 x window segments are unacknowledged (the backpressure rule
+ *      KCP applications use, as kcp-go's Write waits on WaitSnd()), until
+ *      tern_kcp_send() says WOULDBLOCK or a per-round cap;
  *   2. sender: handle_expiry, then write_pkt until 0, each datagram into the
  *      ring unless the loss draw drops it;
  *   3. receiver: read_pkt every datagram in the ring;
@@ -229,7 +231,9 @@ static void run_cell(const cell_cfg *c, cell_result *r)
     tern_ms now = 0, last_progress = 0;
     double t0 = mono_seconds();
     while (received < c->messages) {
-        for (uint64_t i = 0; i < burst && sent < c->messages; i++) {
+        for (uint64_t i = 0; i < burst && sent < c->messages &&
+                            tern_kcp_unacked_segments(snd) < 2 * (uint64_t)c->window;
+             i++) {
             /* The index at both ends: a lost, reordered, truncated or
              * misassembled message cannot pass the check. */
             put_u64(msg, sent);
