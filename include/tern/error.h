@@ -28,7 +28,13 @@ extern "C" {
     X(DECRYPT, -13, "authentication failed")                                 \
     X(STATE, -14, "call out of order")                                       \
     X(UNSUPPORTED, -15, "not available on this machine")                     \
-    X(BADKEY, -16, "invalid or weak public key")
+    X(BADKEY, -16, "invalid or weak public key")                             \
+    X(REPLAY, -17, "replayed or too old packet")                             \
+    X(EXPIRED, -18, "key expired")                                           \
+    X(RATE, -19, "rate limited")                                             \
+    X(COOKIE, -20, "cookie required")                                        \
+    X(IO, -21, "file or I/O error")                                          \
+    X(PERM, -22, "insecure file permissions")
 
 typedef enum tern_errno {
 #define TERN_ERR_ENUM_(name, value, msg) TERN_ERR_##name = (value),
