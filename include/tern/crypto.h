@@ -264,4 +264,6 @@ TERN_API void tern_cipher_del(tern_cipher *c);
 #ifdef __cplusplus
 }
 #endif
+
+#include "crypto_packet.h"
 #endif /* TERN_CRYPTO_H */
