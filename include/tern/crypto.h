@@ -265,5 +265,6 @@ TERN_API void tern_cipher_del(tern_cipher *c);
 }
 #endif
 
+#include "crypto_dos.h"
 #include "crypto_packet.h"
 #endif /* TERN_CRYPTO_H */
