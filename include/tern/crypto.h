@@ -204,7 +204,8 @@ TERN_API tern_ssize tern_noise_write_message(tern_noise *hs, const uint8_t *payl
  *                       a different prologue or protocol, or a tampered
  *                       message.
  * On error the handshake is unchanged and the bytes of payload the message
- * would have filled are zeroed. */
+ * would have filled are zeroed (except on TERN_ERR_NOBUFS, found before
+ * anything is decrypted, which leaves payload untouched). */
 TERN_API tern_ssize tern_noise_read_message(tern_noise *hs, const uint8_t *msg, size_t msg_len,
                                             uint8_t *payload, size_t payload_cap) TERN_WARN_UNUSED;
 

@@ -131,7 +131,8 @@ TERN_API int tern_cookie_client_add_macs(tern_cookie_client *c, uint8_t *msg, si
  * matched its receiver id to this handshake, see tern_cookie_reply_peek()).
  * On success the cookie is kept for mac2 from now on. Returns 0, or:
  *   TERN_ERR_MALFORMED  len is not TERN_COOKIE_REPLY_BYTES;
- *   TERN_ERR_STATE      no message was sent with tern_cookie_client_add_macs();
+ *   TERN_ERR_STATE      no message was sent with tern_cookie_client_add_macs(),
+ *                       or its reply was already consumed (one per message);
  *   TERN_ERR_DECRYPT    not sealed for the last message sent: forged, for
  *                       another server, or answering an older message.
  * On error the client is unchanged. */
