@@ -85,6 +85,33 @@ static inline uint32_t fuzz_le32(const uint8_t *p)
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
+/* Mutates buf[0..len) (len >= 1) in one of four ways chosen by the input —
+ * flip a bit, overwrite a byte, truncate, append a byte (if cap allows) —
+ * and returns the new length. Reads kind, position and value in that order,
+ * so corpora keep their meaning. */
+static inline size_t fuzz_mutate(fuzz_in *in, uint8_t *buf, size_t len, size_t cap)
+{
+    uint8_t kind = fuzz_u8(in);
+    size_t pos = fuzz_u16(in) % len;
+    uint8_t val = fuzz_u8(in);
+    switch (kind % 4) {
+    case 0:
+        buf[pos] ^= (uint8_t)(1U << (val & 7));
+        break;
+    case 1:
+        buf[pos] = val;
+        break;
+    case 2:
+        len = pos;
+        break;
+    default:
+        if (len < cap)
+            buf[len++] = val;
+        break;
+    }
+    return len;
+}
+
 /* ---- counting allocator ---- */
 
 typedef struct fuzz_alloc {

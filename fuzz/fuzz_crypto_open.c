@@ -166,25 +166,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 break;
             const sealed_pkt *sp = &sealed[fuzz_u8(&in) % n_sealed];
             memcpy(arb, sp->pkt, sp->len);
-            size_t len = sp->len;
-            uint8_t kind = fuzz_u8(&in);
-            size_t pos = fuzz_u16(&in) % len;
-            uint8_t val = fuzz_u8(&in);
-            switch (kind % 4) {
-            case 0:
-                arb[pos] ^= (uint8_t)(1U << (val & 7));
-                break;
-            case 1:
-                arb[pos] = val;
-                break;
-            case 2:
-                len = pos;
-                break;
-            default:
-                if (len < ARB_CAP)
-                    arb[len++] = val;
-                break;
-            }
+            size_t len = fuzz_mutate(&in, arb, sp->len, ARB_CAP);
             deliver(b, arb, len, now);
             break;
         }
