@@ -798,11 +798,11 @@ static seg *rcv_slot(const tern_kcp *k, uint32_t sn)
     return k->rcv_ring[sn & k->rcv_mask];
 }
 
-/* Message mode: the segments from rcv_read up to the first with frg == 0. */
 /* Message mode: the segments from rcv_read up to the first with frg == 0,
  * after the tail of a dropped oversize message that is still to be
- * discarded (*skip segments), so that peek and recv agree. */
-static tern_ssize message_size(const tern_kcp *k, uint32_t *skip, uint32_t *segments)
+ * discarded, so that peek and recv agree (recv discards that tail first,
+ * after which there is nothing to skip). */
+static tern_ssize message_size(const tern_kcp *k, uint32_t *segments)
 {
     uint32_t sn = k->rcv_read;
     uint32_t discard = k->rcv_discard;
@@ -812,7 +812,6 @@ static tern_ssize message_size(const tern_kcp *k, uint32_t *skip, uint32_t *segm
     }
     if (discard)
         return TERN_ERR_AGAIN;
-    *skip = sn - k->rcv_read;
     size_t size = 0;
     for (uint32_t first = sn; sn != k->rcv_nxt; sn++) {
         const seg *s = rcv_slot(k, sn);
@@ -831,8 +830,8 @@ tern_ssize tern_kcp_peek_size(const tern_kcp *k)
         return TERN_ERR_INVAL;
     if (k->cfg.mode == TERN_KCP_MODE_STREAM)
         return k->rcv_ready_bytes ? (tern_ssize)k->rcv_ready_bytes : TERN_ERR_AGAIN;
-    uint32_t skip, segments;
-    return message_size(k, &skip, &segments);
+    uint32_t segments;
+    return message_size(k, &segments);
 }
 
 static void release_read(tern_kcp *k, uint32_t sn)
@@ -871,8 +870,8 @@ static void discard_oversize_tail(tern_kcp *k)
 static tern_ssize recv_message(tern_kcp *k, uint8_t *buf, size_t cap)
 {
     discard_oversize_tail(k);
-    uint32_t skip = 0, segments = 0;
-    tern_ssize size = message_size(k, &skip, &segments);
+    uint32_t segments = 0;
+    tern_ssize size = message_size(k, &segments);
     if (size == TERN_ERR_AGAIN) {
         /* A full window holding no message end can never complete: the peer
          * sent a message larger than our window. Drop it so the stream moves
