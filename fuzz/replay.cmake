@@ -3,12 +3,13 @@
 # fuzz/replay_main.c instead of libFuzzer into replay_<name>, and the ctest
 # fuzz_replay_<name> runs it once over every input in fuzz/corpus/<name>/.
 file(GLOB TERN_FUZZ_REPLAY_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/fuzz/fuzz_*.c)
-# A harness that includes tern/crypto.h needs crypto/ and libsodium: with
+# A harness that includes tern/crypto.h or transport/ needs crypto/ and
+# libsodium (transport/ is built with crypto/): with
 # TERN_CRYPTO=OFF it is neither built nor registered.
 foreach(src ${TERN_FUZZ_REPLAY_SOURCES})
   get_filename_component(prog ${src} NAME_WE)
   string(REGEX REPLACE "^fuzz_" "" name ${prog})
-  file(STRINGS ${src} needs_crypto REGEX "^#include \"tern/crypto")
+  file(STRINGS ${src} needs_crypto REGEX "^#include \"(tern/crypto|transport/)")
   if(needs_crypto AND NOT TERN_CRYPTO)
     message(STATUS "fuzz_replay_${name}: skipped (TERN_CRYPTO=OFF)")
     continue()

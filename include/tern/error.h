@@ -34,7 +34,12 @@ extern "C" {
     X(RATE, -19, "rate limited")                                             \
     X(COOKIE, -20, "cookie required")                                        \
     X(IO, -21, "file or I/O error")                                          \
-    X(PERM, -22, "insecure file permissions")
+    X(PERM, -22, "insecure file permissions")                                \
+    X(TIMEDOUT, -23, "timed out")                                            \
+    X(RESET, -24, "reset by peer")                                           \
+    X(EOF, -25, "end of stream")                                             \
+    X(LIMIT, -26, "limit reached")                                           \
+    X(CANCELED, -27, "operation canceled")
 
 typedef enum tern_errno {
 #define TERN_ERR_ENUM_(name, value, msg) TERN_ERR_##name = (value),

@@ -7,6 +7,7 @@
 #include "error.h"
 #include "kcp.h"
 #include "netsim.h"
+#include "transport.h"
 
 #define TERN_VERSION_MAJOR 0
 #define TERN_VERSION_MINOR 1

@@ -1,0 +1,435 @@
+/* Session lifecycles over loopback: failover, timeouts, wrong keys,
+ * limits, graceful close and abort, garbage and spoofed datagrams. */
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "transport_util.h"
+
+typedef struct life {
+    int accepted, server_closes, server_close_status;
+    int connects, connect_status, client_closes, client_close_status;
+    tern_session *server_session;
+    int msgs;
+} life;
+
+static life L;
+
+static void on_msg(tern_session *s, uint32_t ch, const uint8_t *d, size_t n)
+{
+    (void)s;
+    (void)ch;
+    (void)d;
+    (void)n;
+    L.msgs++;
+}
+
+static void srv_close(tern_session *s, int status)
+{
+    (void)s;
+    L.server_closes++;
+    L.server_close_status = status;
+}
+
+static void srv_accept(tern_endpoint *ep, tern_session *s)
+{
+    (void)ep;
+    L.accepted++;
+    L.server_session = s;
+    tern_session_callbacks cbs = {.close_cb = srv_close, .message_cb = on_msg};
+    tern_session_set_callbacks(s, &cbs);
+}
+
+static void cli_connect(tern_session *s, int status)
+{
+    (void)s;
+    L.connects++;
+    L.connect_status = status;
+}
+
+static void cli_close(tern_session *s, int status)
+{
+    (void)s;
+    L.client_closes++;
+    L.client_close_status = status;
+}
+
+static const tern_session_callbacks client_cbs = {
+    .connect_cb = cli_connect, .close_cb = cli_close, .message_cb = on_msg};
+
+static tern_keypair server_kp;
+
+static void nk(tern_endpoint_config *srv, tern_endpoint_config *cli)
+{
+    cr_assert_eq(tern_crypto_init(), 0);
+    cr_assert_eq(tern_keypair_generate(&server_kp), 0);
+    tern_endpoint_config_default(srv);
+    tern_endpoint_config_default(cli);
+    srv->noise.static_key = &server_kp;
+    cli->noise.server_public = &server_kp.pub;
+    srv->n_channels = cli->n_channels = 1;
+    srv->channels[0] = cli->channels[0] =
+        (tern_channel_config){.kind = TERN_CHANNEL_RELIABLE_ORDERED, .weight = 1};
+}
+
+static bool client_done(void *arg)
+{
+    (void)arg;
+    return L.connects > 0;
+}
+
+static bool client_closed(void *arg)
+{
+    (void)arg;
+    return L.client_closes > 0;
+}
+
+static bool both_closed(void *arg)
+{
+    (void)arg;
+    return L.client_closes > 0 && L.server_closes > 0;
+}
+
+/* A port nobody listens on: bind a UDP socket, note its port, close it. */
+static struct sockaddr_storage dead_address(void)
+{
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    tern_endpoint_config cfg;
+    tern_endpoint_config_default(&cfg);
+    cfg.security = TERN_SECURITY_PLAINTEXT;
+    tern_endpoint *ep = tu_endpoint(&loop, &cfg);
+    struct sockaddr_storage a = tu_local(ep);
+    tern_endpoint *eps[] = {ep};
+    tu_close_all(&loop, eps, 1);
+    return a;
+}
+
+Test(life, failover_to_second_address)
+{
+    memset(&L, 0, sizeof(L));
+    struct sockaddr_storage dead = dead_address();
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    tern_endpoint_config scfg, ccfg;
+    nk(&scfg, &ccfg);
+    ccfg.handshake_timeout_ms = 300;
+    ccfg.handshake_retry_ms = 100;
+    tern_endpoint *srv = tu_endpoint(&loop, &scfg);
+    tern_endpoint *cli = tu_endpoint(&loop, &ccfg);
+    cr_assert_eq(tern_endpoint_listen(srv, srv_accept), 0);
+    struct sockaddr_storage live = tu_local(srv);
+    const struct sockaddr *addrs[] = {(const struct sockaddr *)&dead,
+                                      (const struct sockaddr *)&live};
+    tern_session *s;
+    uint64_t t0 = uv_now(&loop);
+    cr_assert_eq(tern_endpoint_connect(cli, addrs, 2, 0, &client_cbs, &s), 0);
+    cr_assert(tu_run_until(&loop, client_done, NULL, 3000));
+    cr_assert_eq(L.connect_status, 0);
+    cr_assert_geq(uv_now(&loop) - t0, 250, "moved on before the first address timed out");
+    struct sockaddr_storage peer;
+    cr_assert_eq(tern_session_peer_addr(s, &peer), 0);
+    cr_assert_eq(((struct sockaddr_in *)&peer)->sin_port, ((struct sockaddr_in *)&live)->sin_port);
+    tern_endpoint *eps[] = {cli, srv};
+    tu_close_all(&loop, eps, 2);
+}
+
+Test(life, handshake_timeout_reports_once)
+{
+    memset(&L, 0, sizeof(L));
+    struct sockaddr_storage dead = dead_address();
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    tern_endpoint_config scfg, ccfg;
+    nk(&scfg, &ccfg);
+    ccfg.handshake_timeout_ms = 200;
+    ccfg.handshake_retry_ms = 50;
+    tern_endpoint *cli = tu_endpoint(&loop, &ccfg);
+    const struct sockaddr *addrs[] = {(const struct sockaddr *)&dead};
+    tern_session *s;
+    cr_assert_eq(tern_endpoint_connect(cli, addrs, 1, 0, &client_cbs, &s), 0);
+    cr_assert(tu_run_until(&loop, client_closed, NULL, 3000));
+    cr_assert_eq(L.connects, 1);
+    cr_assert_eq(L.connect_status, TERN_ERR_TIMEDOUT);
+    cr_assert_eq(L.client_closes, 1);
+    cr_assert_eq(L.client_close_status, TERN_ERR_TIMEDOUT);
+    tern_endpoint_stats es;
+    tern_endpoint_get_stats(cli, &es);
+    cr_assert_eq(es.sessions_timed_out, 1);
+    /* Retransmitted INITs: 200 ms at 50, 100 ms backoff -> at least 3. */
+    cr_assert_geq(es.dgrams_out, 3);
+    tern_endpoint *eps[] = {cli};
+    tu_close_all(&loop, eps, 1);
+}
+
+Test(life, wrong_server_key_never_connects)
+{
+    memset(&L, 0, sizeof(L));
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    tern_endpoint_config scfg, ccfg;
+    nk(&scfg, &ccfg);
+    tern_keypair other;
+    cr_assert_eq(tern_keypair_generate(&other), 0);
+    ccfg.noise.server_public = &other.pub;
+    ccfg.handshake_timeout_ms = 300;
+    ccfg.handshake_retry_ms = 50;
+    tern_endpoint *srv = tu_endpoint(&loop, &scfg);
+    tern_endpoint *cli = tu_endpoint(&loop, &ccfg);
+    cr_assert_eq(tern_endpoint_listen(srv, srv_accept), 0);
+    struct sockaddr_storage to = tu_local(srv);
+    const struct sockaddr *addrs[] = {(const struct sockaddr *)&to};
+    tern_session *s;
+    cr_assert_eq(tern_endpoint_connect(cli, addrs, 1, 0, &client_cbs, &s), 0);
+    cr_assert(tu_run_until(&loop, client_closed, NULL, 3000));
+    cr_assert_eq(L.connect_status, TERN_ERR_TIMEDOUT);
+    cr_assert_eq(L.accepted, 0);
+    tern_endpoint_stats es;
+    tern_endpoint_get_stats(srv, &es);
+    /* mac1 is keyed by the server's public key: dropped before any DH. */
+    cr_assert_geq(es.drop_auth, 1);
+    cr_assert_eq(es.sessions_now, 0);
+    cr_assert_eq(es.bytes_sent_unvalidated, 0);
+    tern_endpoint *eps[] = {cli, srv};
+    tu_close_all(&loop, eps, 2);
+}
+
+Test(life, ik_allow_list_refuses_unknown_client)
+{
+    memset(&L, 0, sizeof(L));
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    tern_endpoint_config scfg, ccfg;
+    nk(&scfg, &ccfg);
+    tern_keypair client_kp, allowed_kp;
+    cr_assert_eq(tern_keypair_generate(&client_kp), 0);
+    cr_assert_eq(tern_keypair_generate(&allowed_kp), 0);
+    scfg.noise.pattern = ccfg.noise.pattern = "IK";
+    ccfg.noise.static_key = &client_kp;
+    scfg.noise.allowed_peers = &allowed_kp.pub;
+    scfg.noise.n_allowed_peers = 1;
+    ccfg.handshake_timeout_ms = 300;
+    ccfg.handshake_retry_ms = 100;
+    tern_endpoint *srv = tu_endpoint(&loop, &scfg);
+    tern_endpoint *cli = tu_endpoint(&loop, &ccfg);
+    cr_assert_eq(tern_endpoint_listen(srv, srv_accept), 0);
+    struct sockaddr_storage to = tu_local(srv);
+    const struct sockaddr *addrs[] = {(const struct sockaddr *)&to};
+    tern_session *s;
+    cr_assert_eq(tern_endpoint_connect(cli, addrs, 1, 0, &client_cbs, &s), 0);
+    cr_assert(tu_run_until(&loop, client_closed, NULL, 3000));
+    cr_assert_eq(L.connect_status, TERN_ERR_TIMEDOUT);
+    tern_endpoint_stats es;
+    tern_endpoint_get_stats(srv, &es);
+    cr_assert_geq(es.drop_peer_refused, 1);
+    cr_assert_eq(es.sessions_now, 0);
+    tern_endpoint *eps[] = {cli, srv};
+    tu_close_all(&loop, eps, 2);
+}
+
+static tern_session *connect_pair(uv_loop_t *loop, tern_endpoint *srv, tern_endpoint *cli)
+{
+    cr_assert_eq(tern_endpoint_listen(srv, srv_accept), 0);
+    struct sockaddr_storage to = tu_local(srv);
+    const struct sockaddr *addrs[] = {(const struct sockaddr *)&to};
+    tern_session *s;
+    cr_assert_eq(tern_endpoint_connect(cli, addrs, 1, 0, &client_cbs, &s), 0);
+    cr_assert(tu_run_until(loop, client_done, NULL, 3000));
+    cr_assert_eq(L.connect_status, 0);
+    return s;
+}
+
+static bool accepted(void *arg)
+{
+    (void)arg;
+    return L.accepted > 0;
+}
+
+Test(life, graceful_close_delivers_queued_messages)
+{
+    memset(&L, 0, sizeof(L));
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    tern_endpoint_config scfg, ccfg;
+    nk(&scfg, &ccfg);
+    tern_endpoint *srv = tu_endpoint(&loop, &scfg);
+    tern_endpoint *cli = tu_endpoint(&loop, &ccfg);
+    tern_session *s = connect_pair(&loop, srv, cli);
+    for (int i = 0; i < 200; i++)
+        cr_assert_eq(tern_session_send(s, 0, "hello", 5, 0), 0);
+    cr_assert_eq(tern_session_close(s), 0);
+    cr_assert_eq(tern_session_close(s), TERN_ERR_STATE);
+    cr_assert_eq(tern_session_send(s, 0, "late", 4, 0), TERN_ERR_CLOSED);
+    cr_assert(tu_run_until(&loop, both_closed, NULL, 5000));
+    cr_assert_eq(L.msgs, 200, "queued messages delivered before the close");
+    cr_assert_eq(L.client_close_status, 0);
+    cr_assert_eq(L.server_close_status, TERN_ERR_RESET);
+    cr_assert_eq(L.client_closes, 1);
+    cr_assert_eq(L.server_closes, 1);
+    tern_endpoint *eps[] = {cli, srv};
+    tu_close_all(&loop, eps, 2);
+}
+
+Test(life, abort_tells_the_peer)
+{
+    memset(&L, 0, sizeof(L));
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    tern_endpoint_config scfg, ccfg;
+    nk(&scfg, &ccfg);
+    tern_endpoint *srv = tu_endpoint(&loop, &scfg);
+    tern_endpoint *cli = tu_endpoint(&loop, &ccfg);
+    tern_session *s = connect_pair(&loop, srv, cli);
+    cr_assert(tu_run_until(&loop, accepted, NULL, 3000));
+    cr_assert_eq(tern_session_abort(s), 0);
+    cr_assert_eq(tern_session_abort(s), TERN_ERR_STATE);
+    cr_assert(tu_run_until(&loop, both_closed, NULL, 3000));
+    cr_assert_eq(L.client_close_status, TERN_ERR_CANCELED);
+    cr_assert_eq(L.server_close_status, TERN_ERR_RESET);
+    tern_endpoint *eps[] = {cli, srv};
+    tu_close_all(&loop, eps, 2);
+}
+
+Test(life, idle_timeout_and_keepalive)
+{
+    memset(&L, 0, sizeof(L));
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    tern_endpoint_config scfg, ccfg;
+    nk(&scfg, &ccfg);
+    /* The client pings every 100 ms, so an idle session stays up past the
+     * server's 400 ms idle timeout... */
+    ccfg.keepalive_ms = 100;
+    scfg.keepalive_ms = 0;
+    scfg.idle_timeout_ms = 400;
+    ccfg.idle_timeout_ms = 400;
+    tern_endpoint *srv = tu_endpoint(&loop, &scfg);
+    tern_endpoint *cli = tu_endpoint(&loop, &ccfg);
+    connect_pair(&loop, srv, cli);
+    cr_assert(tu_run_until(&loop, accepted, NULL, 3000));
+    cr_assert_not(tu_run_until(&loop, client_closed, NULL, 1200), "keepalive failed");
+    /* ...and once the client's endpoint is gone, the server times out. */
+    tern_endpoint *eps1[] = {cli};
+    for (size_t i = 0; i < 1; i++)
+        cr_assert_eq(tern_endpoint_close(eps1[i], NULL), 0);
+    L.client_closes = 1;
+    uint64_t t0 = uv_now(&loop);
+    cr_assert(tu_run_until(&loop, both_closed, NULL, 3000));
+    cr_assert_eq(L.server_close_status, TERN_ERR_RESET, "the endpoint close sent CLOSE");
+    (void)t0;
+    tern_endpoint *eps[] = {srv};
+    tu_close_all(&loop, eps, 1);
+}
+
+Test(life, silent_peer_times_out)
+{
+    memset(&L, 0, sizeof(L));
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    tern_endpoint_config scfg, ccfg;
+    nk(&scfg, &ccfg);
+    scfg.keepalive_ms = ccfg.keepalive_ms = 0;
+    scfg.idle_timeout_ms = 300;
+    ccfg.idle_timeout_ms = 60000;
+    tern_endpoint *srv = tu_endpoint(&loop, &scfg);
+    tern_endpoint *cli = tu_endpoint(&loop, &ccfg);
+    connect_pair(&loop, srv, cli);
+    uint64_t t0 = uv_now(&loop);
+    cr_assert(tu_run_until(&loop, accepted, NULL, 3000));
+    bool server_closed_fn(void *arg);
+    while (L.server_closes == 0 && uv_now(&loop) - t0 < 3000)
+        uv_run(&loop, UV_RUN_ONCE);
+    cr_assert_eq(L.server_closes, 1);
+    cr_assert_eq(L.server_close_status, TERN_ERR_TIMEDOUT);
+    cr_assert_geq(uv_now(&loop) - t0, 250);
+    tern_endpoint_stats es;
+    tern_endpoint_get_stats(srv, &es);
+    cr_assert_eq(es.sessions_timed_out, 1);
+    tern_endpoint *eps[] = {cli, srv};
+    tu_close_all(&loop, eps, 2);
+}
+
+Test(life, session_limit_refuses_and_counts)
+{
+    memset(&L, 0, sizeof(L));
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    tern_endpoint_config scfg, ccfg;
+    nk(&scfg, &ccfg);
+    scfg.max_sessions = 2;
+    ccfg.handshake_timeout_ms = 400;
+    ccfg.handshake_retry_ms = 100;
+    tern_endpoint *srv = tu_endpoint(&loop, &scfg);
+    tern_endpoint *cli = tu_endpoint(&loop, &ccfg);
+    cr_assert_eq(tern_endpoint_listen(srv, srv_accept), 0);
+    struct sockaddr_storage to = tu_local(srv);
+    const struct sockaddr *addrs[] = {(const struct sockaddr *)&to};
+    tern_session *s[3];
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(tern_endpoint_connect(cli, addrs, 1, 0, &client_cbs, &s[i]), 0);
+    uint64_t t0 = uv_now(&loop);
+    while (L.connects < 3 && uv_now(&loop) - t0 < 3000)
+        uv_run(&loop, UV_RUN_ONCE);
+    cr_assert_eq(L.connects, 3);
+    cr_assert_eq(L.accepted, 2);
+    cr_assert_eq(L.client_closes, 1, "the third timed out");
+    tern_endpoint_stats es;
+    tern_endpoint_get_stats(srv, &es);
+    cr_assert_geq(es.sessions_refused, 1);
+    cr_assert_eq(es.sessions_now, 2);
+    tern_endpoint *eps[] = {cli, srv};
+    tu_close_all(&loop, eps, 2);
+}
+
+/* Garbage of every shape at a server with a live session: dropped and
+ * counted, the session unharmed. */
+Test(life, garbage_is_counted_not_fatal)
+{
+    memset(&L, 0, sizeof(L));
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    tern_endpoint_config scfg, ccfg;
+    nk(&scfg, &ccfg);
+    tern_endpoint *srv = tu_endpoint(&loop, &scfg);
+    tern_endpoint *cli = tu_endpoint(&loop, &ccfg);
+    tern_session *s = connect_pair(&loop, srv, cli);
+    cr_assert(tu_run_until(&loop, accepted, NULL, 3000));
+    struct sockaddr_storage to = tu_local(srv);
+    int fd = socket(AF_INET, SOCK_DGRAM, 0);
+    cr_assert_geq(fd, 0);
+    uint8_t junk[1500];
+    srand(7);
+    for (int i = 0; i < 2000; i++) {
+        /* In bursts the socket buffer holds, so every one is seen. */
+        if (i % 50 == 0) {
+            for (int k = 0; k < 20; k++)
+                uv_run(&loop, UV_RUN_NOWAIT);
+        }
+        size_t n = (size_t)(rand() % (int)sizeof(junk)) + 1;
+        for (size_t j = 0; j < n; j++)
+            junk[j] = (uint8_t)rand();
+        junk[0] = (uint8_t)(i % 8); /* every type byte, and unknown ones */
+        if (i % 3 == 0 && n >= 13) {
+            /* DATA aimed at the live session's id: must fail to open. */
+            junk[0] = 0x04;
+            uint32_t id = tern_session_id(L.server_session);
+            memcpy(junk + 1, &id, 4);
+        }
+        (void)sendto(fd, junk, n, 0, (const struct sockaddr *)&to, sizeof(struct sockaddr_in));
+    }
+    close(fd);
+    for (int i = 0; i < 50; i++)
+        uv_run(&loop, UV_RUN_NOWAIT);
+    cr_assert_eq(tern_session_send(s, 0, "still here", 10, 0), 0);
+    uint64_t t0 = uv_now(&loop);
+    while (L.msgs < 1 && uv_now(&loop) - t0 < 2000)
+        uv_run(&loop, UV_RUN_ONCE);
+    cr_assert_eq(L.msgs, 1, "the live session still works");
+    tern_endpoint_stats es;
+    tern_endpoint_get_stats(srv, &es);
+    uint64_t drops = es.drop_malformed + es.drop_auth + es.drop_unknown_session;
+    cr_assert_geq(drops, 1900, "drops counted: %llu", (unsigned long long)drops);
+    cr_assert_eq(es.sessions_now, 1);
+    cr_assert_eq(L.server_closes, 0);
+    tern_endpoint *eps[] = {cli, srv};
+    tu_close_all(&loop, eps, 2);
+}

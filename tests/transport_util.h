@@ -1,0 +1,76 @@
+/* Helpers shared by the loopback transport tests: endpoints on 127.0.0.1,
+ * a loop runner with a deadline, and deterministic payloads. */
+#ifndef TERN_TESTS_TRANSPORT_UTIL_H
+#define TERN_TESTS_TRANSPORT_UTIL_H
+
+#include <criterion/criterion.h>
+#include <string.h>
+
+#include "tern/tern.h"
+
+static inline struct sockaddr_storage tu_addr(const char *text)
+{
+    struct sockaddr_storage a;
+    cr_assert_eq(tern_sockaddr_parse(text, &a), 0, "parse %s", text);
+    return a;
+}
+
+static inline tern_endpoint *tu_endpoint(uv_loop_t *loop, const tern_endpoint_config *cfg)
+{
+    struct sockaddr_storage any = tu_addr("127.0.0.1:0");
+    tern_endpoint *ep = NULL;
+    int rc = tern_endpoint_new(&ep, loop, (const struct sockaddr *)&any, cfg);
+    cr_assert_eq(rc, 0, "endpoint_new: %s", tern_strerror(rc));
+    return ep;
+}
+
+static inline struct sockaddr_storage tu_local(const tern_endpoint *ep)
+{
+    struct sockaddr_storage a;
+    cr_assert_eq(tern_endpoint_local_addr(ep, &a), 0);
+    return a;
+}
+
+typedef bool (*tu_done_fn)(void *arg);
+
+static void tu_timer_noop(uv_timer_t *t)
+{
+    (void)t;
+}
+
+/* Runs the loop until done(arg) or timeout_ms; returns whether done. */
+static inline bool tu_run_until(uv_loop_t *loop, tu_done_fn done, void *arg, uint64_t timeout_ms)
+{
+    uv_timer_t tick;
+    uv_timer_init(loop, &tick);
+    /* A periodic tick so the loop wakes up to re-check done(). */
+    uv_timer_start(&tick, tu_timer_noop, 5, 5);
+    uint64_t end = uv_now(loop) + timeout_ms;
+    bool ok = false;
+    while (!(ok = done(arg)) && uv_now(loop) < end)
+        uv_run(loop, UV_RUN_ONCE);
+    uv_close((uv_handle_t *)&tick, NULL);
+    uv_run(loop, UV_RUN_NOWAIT);
+    return ok;
+}
+
+/* Closes the endpoints and runs the loop until every handle is gone. */
+static inline void tu_close_all(uv_loop_t *loop, tern_endpoint **eps, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (eps[i])
+            cr_assert_eq(tern_endpoint_close(eps[i], NULL), 0);
+    }
+    for (int i = 0; i < 1000 && uv_run(loop, UV_RUN_NOWAIT) != 0; i++)
+        ;
+    cr_assert_eq(uv_loop_close(loop), 0, "handles left open on the loop");
+}
+
+static inline uint8_t tu_byte(uint64_t i, uint32_t seed)
+{
+    uint64_t x = (i + 1) * 0x9E3779B97F4A7C15ULL ^ seed;
+    x ^= x >> 29;
+    return (uint8_t)(x * 0xBF58476D1CE4E5B9ULL >> 56);
+}
+
+#endif /* TERN_TESTS_TRANSPORT_UTIL_H */
