@@ -11,6 +11,8 @@
 #include "transport/udp.h"
 #include "transport/wire.h"
 
+#define TERN_PEER_SEEN_WORDS 16U /* 1024 ids ahead of the lowest unseen one */
+
 typedef enum session_state {
     SESSION_CONNECTING = 0, /* client: INIT sent, waiting for RESP */
     SESSION_HALFOPEN,       /* server: RESP sent, waiting for the first DATA */
@@ -119,7 +121,11 @@ struct tern_session {
     tern_stream *streams;
     uint32_t n_streams;
     uint32_t next_stream_id;       /* the next id this side opens */
-    uint32_t peer_max_stream;      /* the highest id the peer opened */
+    /* Which stream ids the peer has opened: every id below peer_base, and
+     * those marked in peer_seen (bit k: peer_base + 2k). Streams may be
+     * first heard of out of order, so "the highest id" is not enough. */
+    uint32_t peer_base;
+    uint64_t peer_seen[TERN_PEER_SEEN_WORDS];
 
     size_t heap_index;             /* in ep->heap, SIZE_MAX if not queued */
     tern_ms wake;

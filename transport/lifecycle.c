@@ -13,7 +13,9 @@ void tern_endpoint_config_default(tern_endpoint_config *cfg)
     memset(cfg, 0, sizeof(*cfg));
     cfg->security = TERN_SECURITY_NOISE;
     tern_kcp_settings_default(&cfg->kcp);
-    cfg->kcp.cc = tern_kcp_cc_find("reno");
+    /* Classic KCP and kcptun run without a congestion window (nc=1): the
+     * send window is the limit. "reno" is one setting away. */
+    cfg->kcp.cc = tern_kcp_cc_find("none");
     cfg->mtu = 1400;
     cfg->max_sessions = 4096;
     cfg->max_streams = 256;

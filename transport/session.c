@@ -55,6 +55,7 @@ int tern_session_create(tern_endpoint *ep, bool is_client, tern_session **out)
     s->heap_index = SIZE_MAX;
     s->wake = UINT64_MAX;
     s->next_stream_id = is_client ? 1 : 2;
+    s->peer_base = is_client ? 2 : 1;
     tern_ms now = tern_ep_now(ep);
     s->last_recv = s->last_send = now;
     s->cc = ep->cfg.kcp.cc ? ep->cfg.kcp.cc : tern_kcp_cc_find("none");
@@ -355,21 +356,53 @@ static bool peer_opens(const tern_session *s, uint32_t id)
     return s->is_client ? (id % 2 == 0) : (id % 2 == 1);
 }
 
+static bool peer_seen(const tern_session *s, uint32_t id)
+{
+    if (id < s->peer_base)
+        return true;
+    uint32_t k = (id - s->peer_base) / 2;
+    if (k >= TERN_PEER_SEEN_WORDS * 64)
+        return false;
+    return (s->peer_seen[k / 64] >> (k % 64)) & 1U;
+}
+
+static void shift_seen(tern_session *s)
+{
+    /* Drop bit 0 (peer_base itself) and move the rest down by one. */
+    for (unsigned w = 0; w < TERN_PEER_SEEN_WORDS; w++) {
+        uint64_t next = w + 1 < TERN_PEER_SEEN_WORDS ? s->peer_seen[w + 1] : 0;
+        s->peer_seen[w] = (s->peer_seen[w] >> 1) | (next << 63);
+    }
+    s->peer_base += 2;
+}
+
+static void mark_seen(tern_session *s, uint32_t id)
+{
+    if (id < s->peer_base)
+        return;
+    /* An id too far ahead: the ids skipped over count as opened and gone. */
+    while ((id - s->peer_base) / 2 >= TERN_PEER_SEEN_WORDS * 64)
+        shift_seen(s);
+    uint32_t k = (id - s->peer_base) / 2;
+    s->peer_seen[k / 64] |= UINT64_C(1) << (k % 64);
+    while (s->peer_seen[0] & 1U)
+        shift_seen(s);
+}
+
 /* A stream the peer opened, made on its first sign of life: its first
  * segment, or a FIN that overtook it (the control engine and the stream's
  * engine are independent). NULL if refused (then the peer is told). */
 static tern_stream *accept_peer_stream(tern_session *s, uint32_t id, tern_ms now)
 {
     tern_endpoint *ep = s->ep;
+    mark_seen(s, id);
     if (s->n_streams >= ep->cfg.max_streams || !s->cbs.stream_cb) {
-        s->peer_max_stream = id;
         (void)tern_session_send_reset(s, id, now);
         return NULL;
     }
     tern_stream *st;
     if (tern_stream_create(s, id, &st) < 0)
         return NULL;
-    s->peer_max_stream = id;
     tern_ep_trace(ep, TERN_TRACE_STREAM_OPENED, s, id, 0);
     s->cbs.stream_cb(s, st);
     if (s->state == SESSION_DEAD || st->reaped || !st->kcp)
@@ -379,7 +412,7 @@ static tern_stream *accept_peer_stream(tern_session *s, uint32_t id, tern_ms now
 
 static bool opens_new_stream(const tern_session *s, uint32_t id)
 {
-    return id != 0 && id <= TERN_CONV_STREAM_MAX && peer_opens(s, id) && id > s->peer_max_stream;
+    return id != 0 && id <= TERN_CONV_STREAM_MAX && peer_opens(s, id) && !peer_seen(s, id);
 }
 
 static void control_deliver(tern_session *s, tern_ms now)
@@ -408,7 +441,7 @@ static void control_deliver(tern_session *s, tern_ms now)
             tern_stream *st = tern_session_find_stream(s, id);
             /* Reset before we saw it: remember it as opened and gone. */
             if (!st && opens_new_stream(s, id))
-                s->peer_max_stream = id;
+                mark_seen(s, id);
             if (st)
                 tern_stream_on_reset(st, TERN_ERR_RESET, now);
         } else {
@@ -470,7 +503,7 @@ static void kcp_frame(tern_session *s, const tern_frame *f, tern_ms now)
             s->stats.drop_malformed++;
             return;
         }
-        if (conv <= s->peer_max_stream) {
+        if (peer_seen(s, conv)) {
             /* A stream already closed: tell the peer to stop sending. */
             (void)tern_session_send_reset(s, conv, now);
             return;

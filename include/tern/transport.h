@@ -140,7 +140,8 @@ typedef struct tern_endpoint_config {
 } tern_endpoint_config;
 
 /* Defaults: Noise NK with ChaChaPoly (keys still to be set), the kcp
- * defaults with the "fast3" preset and reno, the limits listed above, no
+ * defaults with the "fast3" preset and no congestion window (as classic
+ * KCP and kcptun: the send window is the limit), the limits listed above, no
  * channels. */
 TERN_API void tern_endpoint_config_default(tern_endpoint_config *cfg);
 
