@@ -259,6 +259,14 @@ static void run_dirty(tern_endpoint *ep)
                 continue;
             if (s->is_client && s->state == SESSION_OPEN && !s->connect_reported) {
                 s->connect_reported = true;
+                /* Compatibility mode: the one stream is announced like a
+                 * peer's, just before the connection. */
+                if (ep->cfg.security == TERN_SECURITY_KCP_COMPAT && s->streams &&
+                    s->cbs.stream_cb) {
+                    s->cbs.stream_cb(s, s->streams);
+                    if (s->state == SESSION_DEAD)
+                        continue;
+                }
                 if (s->cbs.connect_cb)
                     s->cbs.connect_cb(s, 0);
                 if (s->state == SESSION_DEAD)

@@ -224,8 +224,10 @@ TERN_API int tern_endpoint_listen(tern_endpoint *ep, tern_accept_cb cb);
  * next when one does not answer within handshake_timeout_ms. *out is valid
  * at once (streams may be opened and messages queued before the handshake
  * completes); cbs->connect_cb reports the outcome, then cbs->close_cb when
- * it ends. Compatibility mode: conv is the stream's id and there is no
- * handshake (connect_cb runs on the next loop iteration). */
+ * it ends. Compatibility mode: conv is the stream's id, there is no
+ * handshake, and the session's one stream is handed to stream_cb on the
+ * next loop iteration, just before connect_cb (a server gets it through
+ * stream_cb after accept_cb). */
 TERN_API int tern_endpoint_connect(tern_endpoint *ep, const struct sockaddr *const *addrs,
                                    size_t n, uint32_t conv, const tern_session_callbacks *cbs,
                                    tern_session **out) TERN_WARN_UNUSED;
