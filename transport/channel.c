@@ -82,8 +82,11 @@ void tern_channel_unrel_input(tern_session *s, const tern_frame *f, tern_ms now)
         rc.sequenced = c->cfg.kind == TERN_CHANNEL_UNRELIABLE_SEQUENCED;
         rc.max_message = ep->cfg.message_max;
         rc.max_bytes = ep->cfg.reassembly_max;
-        if (tern_reasm_new(&c->reasm, &rc, &ep->mem) < 0)
+        if (tern_reasm_new(&c->reasm, &rc, &ep->mem) < 0) {
+            s->stats.drop_malformed++;
             return;
+        }
+        c->reasm_wake = UINT64_MAX;
     }
     tern_reasm_stats before;
     tern_reasm_get_stats(c->reasm, &before);
@@ -95,11 +98,36 @@ void tern_channel_unrel_input(tern_session *s, const tern_frame *f, tern_ms now)
         tern_reasm_stats after;
         tern_reasm_get_stats(c->reasm, &after);
         s->stats.msgs_obsolete += after.obsolete - before.obsolete;
+        c->reasm_wake = tern_reasm_expire(c->reasm, now);
         return;
     }
     s->stats.msgs_recv++;
     if (s->cbs.message_cb)
         s->cbs.message_cb(s, f->channel, msg, len);
+    /* Only after the callback: expiring ends msg's validity. */
+    if (c->reasm)
+        c->reasm_wake = tern_reasm_expire(c->reasm, now);
+}
+
+tern_ms tern_channels_expire(tern_session *s, tern_ms now)
+{
+    for (uint32_t ch = 0; ch < s->ep->cfg.n_channels; ch++) {
+        channel *c = &s->channels[ch];
+        if (c->reasm && c->reasm_wake <= now)
+            c->reasm_wake = tern_reasm_expire(c->reasm, now);
+    }
+    return tern_channels_wake(s);
+}
+
+tern_ms tern_channels_wake(const tern_session *s)
+{
+    tern_ms t = UINT64_MAX;
+    for (uint32_t ch = 0; ch < s->ep->cfg.n_channels; ch++) {
+        const channel *c = &s->channels[ch];
+        if (c->reasm && c->reasm_wake < t)
+            t = c->reasm_wake;
+    }
+    return t;
 }
 
 int tern_session_send(tern_session *s, uint32_t ch, const void *data, size_t len,

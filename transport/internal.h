@@ -69,6 +69,7 @@ typedef struct channel {
     tern_kcp *kcp;         /* reliable kinds */
     tern_reasm *reasm;     /* unreliable kinds */
     uint16_t next_seq;     /* unreliable kinds: the next message's seq */
+    tern_ms reasm_wake;    /* when a partial message next times out */
 } channel;
 
 struct tern_session {
@@ -253,6 +254,8 @@ int tern_channels_init(tern_session *s);
 void tern_channels_free(tern_session *s);
 void tern_channel_deliver(tern_session *s, uint32_t ch, tern_ms now);
 int tern_channel_engine_for_input(tern_session *s, uint32_t ch);
+tern_ms tern_channels_expire(tern_session *s, tern_ms now);
+tern_ms tern_channels_wake(const tern_session *s);
 void tern_channel_unrel_input(tern_session *s, const tern_frame *f, tern_ms now);
 
 #endif /* TERN_TRANSPORT_INTERNAL_H */

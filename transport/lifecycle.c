@@ -41,7 +41,8 @@ static int check_config(const tern_endpoint_config *cfg)
         return TERN_ERR_RANGE;
     if (cfg->n_channels > TERN_CHANNELS_MAX || cfg->max_sessions == 0 || cfg->max_streams == 0 ||
         cfg->message_max == 0 || cfg->message_max > (16U << 20) || cfg->handshake_timeout_ms == 0 ||
-        cfg->handshake_retry_ms == 0 || cfg->stream_write_max == 0)
+        cfg->handshake_retry_ms == 0 || cfg->stream_write_max == 0 ||
+        cfg->reassembly_max < cfg->message_max)
         return TERN_ERR_RANGE;
     if (cfg->dscp > 63)
         return TERN_ERR_RANGE;

@@ -646,7 +646,7 @@ tern_ms tern_session_next_wake(const tern_session *s)
         t = min_ms(t, s->last_recv + ep->cfg.idle_timeout_ms);
     if (s->state == SESSION_LINGER)
         t = min_ms(t, s->linger_deadline);
-    return t;
+    return min_ms(t, tern_channels_wake(s));
 }
 
 
@@ -683,6 +683,7 @@ void tern_session_on_timer(tern_session *s, tern_ms now)
             tern_session_end(s, 0, TERN_CLOSE_GRACEFUL, now);
             break;
         }
+        (void)tern_channels_expire(s, now);
         if (s->control)
             (void)tern_kcp_handle_expiry(s->control, now);
         for (uint32_t c = 0; c < ep->cfg.n_channels && s->state != SESSION_DEAD; c++) {
