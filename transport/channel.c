@@ -23,6 +23,7 @@ int tern_channels_init(tern_session *s)
 void tern_channels_free(tern_session *s)
 {
     for (uint32_t c = 0; c < TERN_CHANNELS_MAX; c++) {
+        tern_session_retire_engine(s, s->channels[c].kcp);
         tern_kcp_del(s->channels[c].kcp);
         tern_reasm_del(s->channels[c].reasm);
         s->channels[c].kcp = NULL;

@@ -61,6 +61,8 @@ struct tern_stream {
     bool app_closed;                /* the application let go of it */
     bool reaped;                    /* close_cb ran (or will not) */
     bool in_reap;                   /* on ep->reap_streams */
+    bool want_drain;                /* a write said WOULDBLOCK: call drain_cb */
+    tern_drain_cb drain_cb;
     tern_stream_close_cb close_cb;
 };
 
@@ -134,6 +136,7 @@ struct tern_session {
     tern_session_callbacks cbs;
     void *data;
     tern_session_stats stats;
+    tern_kcp_stats retired;        /* counters of engines already freed */
     uint64_t kcp_retrans_seen, kcp_lost_seen;
 };
 
@@ -229,6 +232,7 @@ void tern_session_compat_input(tern_session *s, const uint8_t *pkt, size_t len, 
 void tern_session_flush(tern_session *s, tern_ms now);
 void tern_session_on_timer(tern_session *s, tern_ms now);
 tern_ms tern_session_next_wake(const tern_session *s);
+void tern_session_retire_engine(tern_session *s, tern_kcp *kcp);
 void tern_session_end(tern_session *s, int status, uint16_t wire_reason, tern_ms now);
 void tern_session_established(tern_session *s, tern_ms now);
 size_t tern_session_payload_max(const tern_session *s);

@@ -89,6 +89,7 @@ void tern_session_destroy(tern_session *s)
     while (s->streams)
         tern_stream_free(s->streams);
     tern_channels_free(s);
+    tern_session_retire_engine(s, s->control);
     tern_kcp_del(s->control);
     tern_noise_del(s->hs);
     tern_crypto_session_del(s->crypto);
@@ -645,7 +646,7 @@ tern_ms tern_session_next_wake(const tern_session *s)
     if (ep->cfg.idle_timeout_ms)
         t = min_ms(t, s->last_recv + ep->cfg.idle_timeout_ms);
     if (s->state == SESSION_LINGER)
-        t = min_ms(t, s->linger_deadline);
+        t = all_acked(s) ? 0 : min_ms(t, s->linger_deadline);
     return min_ms(t, tern_channels_wake(s));
 }
 
@@ -847,10 +848,9 @@ int tern_session_abort(tern_session *s)
     return 0;
 }
 
-static void add_kcp_stats(tern_kcp_stats *sum, const tern_kcp *kcp)
+static void add_counters(tern_kcp_stats *sum, const tern_kcp_stats *kp)
 {
-    tern_kcp_stats k;
-    tern_kcp_get_stats(kcp, &k);
+    const tern_kcp_stats k = *kp;
     sum->datagrams_sent += k.datagrams_sent;
     sum->datagrams_recv += k.datagrams_recv;
     sum->segs_sent += k.segs_sent;
@@ -873,6 +873,15 @@ static void add_kcp_stats(tern_kcp_stats *sum, const tern_kcp *kcp)
     sum->conv_mismatch += k.conv_mismatch;
     sum->msgs_sent += k.msgs_sent;
     sum->msgs_recv += k.msgs_recv;
+}
+
+/* Live engines add their gauges too: the smallest RTT (the path's), and
+ * sums of what is in flight and queued. */
+static void add_kcp_stats(tern_kcp_stats *sum, const tern_kcp *kcp)
+{
+    tern_kcp_stats k;
+    tern_kcp_get_stats(kcp, &k);
+    add_counters(sum, &k);
     if (k.srtt_ms && (!sum->srtt_ms || k.srtt_ms < sum->srtt_ms)) {
         sum->srtt_ms = k.srtt_ms;
         sum->rttvar_ms = k.rttvar_ms;
@@ -880,14 +889,24 @@ static void add_kcp_stats(tern_kcp_stats *sum, const tern_kcp *kcp)
     }
     sum->cwnd_bytes = k.cwnd_bytes;
     sum->ssthresh_bytes = k.ssthresh_bytes;
-    sum->in_flight_bytes = k.in_flight_bytes;
+    sum->in_flight_bytes += k.in_flight_bytes;
     sum->in_flight_segs += k.in_flight_segs;
     sum->resend_segs += k.resend_segs;
     sum->snd_queue_segs += k.snd_queue_segs;
     sum->snd_queue_bytes += k.snd_queue_bytes;
     sum->rcv_buf_segs += k.rcv_buf_segs;
     sum->rcv_queue_segs += k.rcv_queue_segs;
-    sum->rmt_wnd = k.rmt_wnd;
+    if (k.rmt_wnd > sum->rmt_wnd)
+        sum->rmt_wnd = k.rmt_wnd;
+}
+
+void tern_session_retire_engine(tern_session *s, tern_kcp *kcp)
+{
+    if (!kcp)
+        return;
+    tern_kcp_stats k;
+    tern_kcp_get_stats(kcp, &k);
+    add_counters(&s->retired, &k);
 }
 
 void tern_session_get_stats(const tern_session *s, tern_session_stats *out)
@@ -896,6 +915,7 @@ void tern_session_get_stats(const tern_session *s, tern_session_stats *out)
         return;
     *out = s->stats;
     memset(&out->kcp, 0, sizeof(out->kcp));
+    add_counters(&out->kcp, &s->retired);
     if (s->control)
         add_kcp_stats(&out->kcp, s->control);
     for (uint32_t c = 0; c < s->ep->cfg.n_channels; c++) {

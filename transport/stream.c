@@ -64,6 +64,8 @@ static void cancel_writes(tern_stream *st, int status)
 
 static void drop_engine(tern_stream *st)
 {
+    if (st->kcp)
+        tern_session_retire_engine(st->session, st->kcp);
     tern_kcp_del(st->kcp);
     st->kcp = NULL;
 }
@@ -231,6 +233,16 @@ bool tern_stream_write_side_done(const tern_stream *st)
 void tern_stream_check_done(tern_stream *st, tern_ms now)
 {
     (void)now;
+    /* Backpressure released: the queue is down to half its bound. */
+    if (st->want_drain && st->kcp &&
+        tern_stream_write_queue_size(st) <= st->session->ep->cfg.stream_write_max / 2) {
+        st->want_drain = false;
+        if (st->drain_cb && !st->app_closed) {
+            st->drain_cb(st);
+            if (st->session->state == SESSION_DEAD || st->reaped)
+                return;
+        }
+    }
     if (st->shutdown_cb && tern_stream_write_side_done(st)) {
         tern_shutdown_cb cb = st->shutdown_cb;
         st->shutdown_cb = NULL;
@@ -317,6 +329,14 @@ int tern_stream_read_start(tern_stream *st, tern_alloc_cb alloc_cb, tern_read_cb
     return 0;
 }
 
+int tern_stream_set_drain_cb(tern_stream *st, tern_drain_cb cb)
+{
+    if (!st)
+        return TERN_ERR_INVAL;
+    st->drain_cb = cb;
+    return 0;
+}
+
 int tern_stream_read_stop(tern_stream *st)
 {
     if (!st)
@@ -341,8 +361,10 @@ int tern_stream_write(tern_stream *st, const uv_buf_t bufs[], unsigned nbufs, te
             return TERN_ERR_INVAL;
         total += bufs[i].len;
     }
-    if (tern_stream_write_queue_size(st) >= s->ep->cfg.stream_write_max)
+    if (tern_stream_write_queue_size(st) >= s->ep->cfg.stream_write_max) {
+        st->want_drain = true;
         return TERN_ERR_WOULDBLOCK;
+    }
     write_req *w = tern_mem_alloc(&s->ep->mem, sizeof(*w) + nbufs * sizeof(uv_buf_t));
     if (!w)
         return TERN_ERR_NOMEM;

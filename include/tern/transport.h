@@ -288,7 +288,11 @@ typedef struct tern_session_stats {
     uint64_t pings_sent, path_changes;
     uint32_t streams_open;
     uint32_t srtt_ms;             /* from pings and the engines, 0 until known */
-    tern_kcp_stats kcp;           /* every engine's counters, summed (gauges too) */
+    /* Every engine's counters, summed, freed engines included; gauges over
+     * live engines: srtt/rttvar/rto the smallest RTT's, in-flight and queue
+     * sizes summed, cwnd/ssthresh the session's controller, rmt_wnd the
+     * largest. */
+    tern_kcp_stats kcp;
 } tern_session_stats;
 
 TERN_API void tern_session_get_stats(const tern_session *s, tern_session_stats *out);
@@ -307,6 +311,9 @@ typedef void (*tern_read_cb)(tern_stream *st, ssize_t nread, const uv_buf_t *buf
 typedef void (*tern_write_cb)(tern_stream *st, int status, void *arg);
 typedef void (*tern_shutdown_cb)(tern_stream *st, int status, void *arg);
 typedef void (*tern_stream_close_cb)(tern_stream *st);
+/* The write queue went down to half of stream_write_max after a write said
+ * WOULDBLOCK: write again. */
+typedef void (*tern_drain_cb)(tern_stream *st);
 
 /* Opens a stream to the peer. LIMIT (max_streams), STATE (closing,
  * compatibility mode). The peer learns of it with its first byte. */
@@ -325,6 +332,8 @@ TERN_API int tern_stream_read_stop(tern_stream *st);
  * queued, cb not called), STATE after shutdown, CLOSED. */
 TERN_API int tern_stream_write(tern_stream *st, const uv_buf_t bufs[], unsigned nbufs,
                                tern_write_cb cb, void *arg);
+/* Called once each time the queue drains after a WOULDBLOCK (NULL: none). */
+TERN_API int tern_stream_set_drain_cb(tern_stream *st, tern_drain_cb cb);
 /* Bytes written and not yet acknowledged by the peer: the backpressure
  * gauge. */
 TERN_API size_t tern_stream_write_queue_size(const tern_stream *st);
