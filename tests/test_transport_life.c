@@ -433,3 +433,108 @@ Test(life, garbage_is_counted_not_fatal)
     tern_endpoint *eps[] = {cli, srv};
     tu_close_all(&loop, eps, 2);
 }
+
+Test(life, wrong_psk_never_connects)
+{
+    memset(&L, 0, sizeof(L));
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    cr_assert_eq(tern_crypto_init(), 0);
+    tern_key psk_a, psk_b;
+    memset(psk_a.b, 1, sizeof(psk_a.b));
+    memset(psk_b.b, 2, sizeof(psk_b.b));
+    tern_endpoint_config scfg, ccfg;
+    tern_endpoint_config_default(&scfg);
+    tern_endpoint_config_default(&ccfg);
+    scfg.noise.pattern = ccfg.noise.pattern = "NNpsk0";
+    scfg.noise.psk = &psk_a;
+    ccfg.noise.psk = &psk_b;
+    ccfg.handshake_timeout_ms = 300;
+    ccfg.handshake_retry_ms = 50;
+    tern_endpoint *srv = tu_endpoint(&loop, &scfg);
+    tern_endpoint *cli = tu_endpoint(&loop, &ccfg);
+    cr_assert_eq(tern_endpoint_listen(srv, srv_accept), 0);
+    struct sockaddr_storage to = tu_local(srv);
+    const struct sockaddr *addrs[] = {(const struct sockaddr *)&to};
+    tern_session *s;
+    cr_assert_eq(tern_endpoint_connect(cli, addrs, 1, 0, &client_cbs, &s), 0);
+    cr_assert(tu_run_until(&loop, client_closed, NULL, 3000));
+    cr_assert_eq(L.connect_status, TERN_ERR_TIMEDOUT);
+    cr_assert_eq(L.accepted, 0);
+    tern_endpoint_stats es;
+    tern_endpoint_get_stats(srv, &es);
+    /* mac1 is keyed by the PSK's hash: no DH for a wrong PSK either. */
+    cr_assert_geq(es.drop_auth, 1);
+    cr_assert_eq(es.bytes_sent_unvalidated, 0);
+    tern_endpoint *eps[] = {cli, srv};
+    tu_close_all(&loop, eps, 2);
+}
+
+Test(life, aesgcm_sessions_when_available)
+{
+    if (!tern_crypto_aesgcm_available()) {
+        cr_skip_test("AES-GCM is not available on this CPU");
+    }
+    memset(&L, 0, sizeof(L));
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    tern_endpoint_config scfg, ccfg;
+    nk(&scfg, &ccfg);
+    scfg.noise.cipher = ccfg.noise.cipher = "AESGCM";
+    tern_endpoint *srv = tu_endpoint(&loop, &scfg);
+    tern_endpoint *cli = tu_endpoint(&loop, &ccfg);
+    tern_session *s = connect_pair(&loop, srv, cli);
+    for (int i = 0; i < 10; i++)
+        cr_assert_eq(tern_session_send(s, 0, "aes", 3, 0), 0);
+    uint64_t t0 = uv_now(&loop);
+    while (L.msgs < 10 && uv_now(&loop) - t0 < 2000)
+        uv_run(&loop, UV_RUN_ONCE);
+    cr_assert_eq(L.msgs, 10);
+    tern_endpoint *eps[] = {cli, srv};
+    tu_close_all(&loop, eps, 2);
+}
+
+Test(life, bad_configs_are_refused)
+{
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    struct sockaddr_storage any = tu_addr("127.0.0.1:0");
+    tern_endpoint *ep = NULL;
+    tern_endpoint_config cfg;
+    tern_endpoint_config_default(&cfg);
+    /* Noise with no key at all. */
+    cr_assert_eq(tern_endpoint_new(&ep, &loop, (const struct sockaddr *)&any, &cfg),
+                 TERN_ERR_INVAL);
+    cfg.security = TERN_SECURITY_PLAINTEXT;
+    cfg.mtu = 100;
+    cr_assert_eq(tern_endpoint_new(&ep, &loop, (const struct sockaddr *)&any, &cfg),
+                 TERN_ERR_RANGE);
+    tern_endpoint_config_default(&cfg);
+    cfg.noise.pattern = "XX";
+    cr_assert_eq(tern_endpoint_new(&ep, &loop, (const struct sockaddr *)&any, &cfg),
+                 TERN_ERR_UNSUPPORTED);
+    tern_endpoint_config_default(&cfg);
+    cfg.security = TERN_SECURITY_PLAINTEXT;
+    cfg.n_channels = 1;
+    cfg.channels[0].weight = 0;
+    cr_assert_eq(tern_endpoint_new(&ep, &loop, (const struct sockaddr *)&any, &cfg),
+                 TERN_ERR_RANGE);
+    cfg.channels[0].weight = 1;
+    cfg.reassembly_max = cfg.message_max - 1;
+    cr_assert_eq(tern_endpoint_new(&ep, &loop, (const struct sockaddr *)&any, &cfg),
+                 TERN_ERR_RANGE);
+    cr_assert_null(ep);
+    /* A port already taken is an I/O error, not a crash. */
+    tern_endpoint_config_default(&cfg);
+    cfg.security = TERN_SECURITY_PLAINTEXT;
+    tern_endpoint *a = tu_endpoint(&loop, &cfg);
+    struct sockaddr_storage taken = tu_local(a);
+    cr_assert_eq(tern_endpoint_new(&ep, &loop, (const struct sockaddr *)&taken, &cfg),
+                 TERN_ERR_IO);
+    cr_assert_eq(tern_sockaddr_parse("1.2.3.4", &any), TERN_ERR_INVAL);
+    cr_assert_eq(tern_sockaddr_parse("[::1]:99999", &any), TERN_ERR_INVAL);
+    cr_assert_eq(tern_sockaddr_parse("[::1]:80", &any), 0);
+    cr_assert_eq(tern_sockaddr_parse(":80", &any), 0);
+    tern_endpoint *eps[] = {a};
+    tu_close_all(&loop, eps, 1);
+}
