@@ -1,17 +1,20 @@
 /* One engine under arbitrary input. The fuzz input is a small program:
  *
  *   header   settings (mode, windows 4..64, mtu 50..1500, preset, bundling,
- *            congestion control, dead_link, send queue bound), an allocation
- *            index from which the allocator fails, and where the sequence
- *            numbers and the clock start (optionally just before the 2^32
- *            wrap of sn and of the 32-bit wire timestamp)
+ *            congestion control, dead_link, send queue bound, and in message
+ *            mode the native extensions: unordered delivery, FORWARD), an
+ *            allocation index from which the allocator fails, and where the
+ *            sequence numbers and the clock start (optionally just before the
+ *            2^32 wrap of sn and of the 32-bit wire timestamp)
  *   ops      each one byte, then its operands:
  *     RAW    a length-prefixed arbitrary datagram -> read_pkt
- *     CRAFT  1..4 well-formed segments (PUSH/ACK/WASK/WINS) whose sn, una and
- *            ts are chosen near what the engine has actually sent and
- *            acknowledged, with fuzzer-chosen frg, wnd and length
+ *     CRAFT  1..4 well-formed segments (PUSH/ACK/WASK/WINS, and FORWARD when
+ *            the engine takes it) whose sn, una and ts are chosen near what
+ *            the engine has actually sent and acknowledged, with
+ *            fuzzer-chosen frg, wnd and length
  *     ACKS   ACKs for a fuzzer-chosen subset of the engine's recent sends
- *     SEND   the application sends N bytes
+ *     SEND   the application sends N bytes (with FORWARD: maybe with a
+ *            deadline a little ahead, or already past)
  *     RECV   the application receives into a buffer of a chosen size
  *     TICK   time moves forward by a bounded delta; handle_expiry; write_pkt
  *     EXPIRE time moves to get_expiry(); handle_expiry; write_pkt
@@ -118,6 +121,13 @@ static int setup(harness *h)
     }
     uint16_t fail_at = fuzz_u16(in);
     uint8_t fail_span = fuzz_u8(in);
+    /* The native extensions take fail_span values 224..254, whose high bits
+     * mean nothing else (only 255 and the low three bits do), so inputs made
+     * before them mostly keep their classic meaning. Message mode only. */
+    if (!(flags & 1) && fail_span >= 224 && fail_span != 255) {
+        s->forward = (fail_span >> 3) & 1;
+        s->unordered = (fail_span >> 4) & 1;
+    }
     h->alloc.fail_at = fail_at;
     h->alloc.fail_span = fail_span == 255 ? UINT64_MAX : (uint64_t)(1 + fail_span % 8);
     uint8_t start = fuzz_u8(in);
@@ -135,6 +145,11 @@ static int setup(harness *h)
     size_t rcv_segs = 2 * (size_t)s->rcv_wnd;
     size_t rings = 2 * sizeof(void *) * fuzz_pow2_at_least(s->snd_wnd, 16) +
                    sizeof(void *) * fuzz_pow2_at_least(rcv_segs, 16) + 8 * (s->rcv_wnd + 64);
+    /* FORWARD: a byte per send ring slot, and the deadline heap, a pointer
+     * per message held (each message costs a segment of the send queue). */
+    if (s->forward)
+        rings += fuzz_pow2_at_least(s->snd_wnd, 16) +
+                 2 * sizeof(void *) * fuzz_pow2_at_least(s->snd_queue_max / 96, 16);
     size_t payload_max = RAW_MAX > h->mss + 32 ? RAW_MAX : h->mss + 32;
     size_t received = rcv_segs * (SEG_HDR_MAX + payload_max);
     h->mem_bound = FIXED_MAX + rings + 2 * s->snd_queue_max + received;
@@ -165,7 +180,7 @@ static void trace_datagram(const harness *h, const char *what, const uint8_t *p,
 {
 #ifdef TERN_FUZZ_TRACE
     fprintf(stderr, "%llu %s len %zu:", (unsigned long long)h->now, what, len);
-    if (tern_kcp_datagram_check(p, len, CONV) >= 1) {
+    if (tern_kcp_datagram_check_ext(p, len, CONV, h->s.forward) >= 1) {
         for (size_t off = 0; off < len;) {
             tern_kcp_hdr hd;
             tern_kcp_hdr_decode(p + off, &hd);
@@ -190,10 +205,12 @@ static void check_engine(harness *h)
     tern_kcp_get_stats(k, &st);
     /* The engine holds up to rcv_wnd deliverable unread segments, and accepts
      * out-of-order ones up to rcv_wnd past rcv_nxt as classic KCP does
-     * (kcp/engine.c, accept_data). */
-    FUZZ_CHECK(st.rcv_queue_segs <= s->rcv_wnd && st.rcv_buf_segs <= s->rcv_wnd,
-               "receive side holds %u deliverable + %u out-of-order, rcv_wnd %u",
-               st.rcv_queue_segs, st.rcv_buf_segs, s->rcv_wnd);
+     * (kcp/engine.c, accept_data). A FORWARD may leave up to 2 x rcv_wnd
+     * sequence numbers between rcv_read and rcv_nxt (most of them empty). */
+    uint32_t deliverable_max = s->forward ? 2 * s->rcv_wnd : s->rcv_wnd;
+    FUZZ_CHECK(st.rcv_queue_segs <= deliverable_max && st.rcv_buf_segs <= s->rcv_wnd,
+               "receive side holds %u deliverable + %u out-of-order, rcv_wnd %u", st.rcv_queue_segs,
+               st.rcv_buf_segs, s->rcv_wnd);
     FUZZ_CHECK(st.in_flight_segs <= s->snd_wnd, "%u segments in flight > snd_wnd %u",
                st.in_flight_segs, s->snd_wnd);
     FUZZ_CHECK(st.in_flight_bytes <= (uint64_t)st.in_flight_segs * h->mss,
@@ -212,8 +229,10 @@ static void check_engine(harness *h)
     tern_ssize peek = tern_kcp_peek_size(k);
     FUZZ_CHECK(peek > 0 || peek == TERN_ERR_AGAIN || (peek == 0 && s->mode == TERN_KCP_MODE_MESSAGE),
                "peek_size %td", peek);
+    /* Unordered, a message may be read before rcv_nxt reaches it. */
     if (peek > 0)
-        FUZZ_CHECK(st.rcv_queue_segs > 0, "peek_size %td with nothing deliverable", peek);
+        FUZZ_CHECK(st.rcv_queue_segs > 0 || (s->unordered && st.rcv_buf_segs > 0),
+                   "peek_size %td with nothing deliverable", peek);
 
     tern_ms e = tern_kcp_get_expiry(k);
     if (tern_kcp_is_dead(k)) {
@@ -235,7 +254,7 @@ static void check_output(harness *h, const uint8_t *p, size_t len)
 {
     const tern_kcp_settings *s = &h->s;
     FUZZ_CHECK(len <= s->mtu, "wrote %zu bytes, mtu %u", len, s->mtu);
-    int n = tern_kcp_datagram_check(p, len, CONV);
+    int n = tern_kcp_datagram_check_ext(p, len, CONV, s->forward);
     FUZZ_CHECK(n >= 1, "wrote a datagram the codec rejects: %d", n);
     size_t off = 0;
     while (off < len) {
@@ -246,6 +265,7 @@ static void check_output(harness *h, const uint8_t *p, size_t len)
         FUZZ_CHECK(tern_kcp_diff32(hd.una, h->eng_una) >= 0, "una went back from %u to %u",
                    h->eng_una, hd.una);
         h->eng_una = hd.una;
+        FUZZ_CHECK(hd.cmd != TERN_KCP_CMD_FORWARD || s->forward, "FORWARD without forward");
         if (hd.cmd != TERN_KCP_CMD_PUSH)
             continue;
         FUZZ_CHECK(hd.len <= h->mss, "PUSH of %u bytes > mss %u", hd.len, h->mss);
@@ -253,11 +273,14 @@ static void check_output(harness *h, const uint8_t *p, size_t len)
                    hd.frg);
         FUZZ_CHECK(hd.ts == (uint32_t)h->now, "PUSH ts %u, now %u", hd.ts, (uint32_t)h->now);
         int32_t ahead = tern_kcp_diff32(hd.sn, h->eng_next);
-        FUZZ_CHECK(ahead <= 0, "PUSH sn %u skips past the next new sn %u", hd.sn, h->eng_next);
+        /* Only a message cut short at its deadline uses up numbers that are
+         * never sent: at most a message's worth past the window. */
+        FUZZ_CHECK(ahead <= 0 || (s->forward && ahead <= (int32_t)s->snd_wnd + 256),
+                   "PUSH sn %u skips past the next new sn %u", hd.sn, h->eng_next);
         FUZZ_CHECK(-(int64_t)ahead <= (int64_t)s->snd_wnd,
                    "PUSH sn %u is more than snd_wnd behind the next new sn %u", hd.sn, h->eng_next);
-        if (ahead == 0)
-            h->eng_next++;
+        if (ahead >= 0)
+            h->eng_next = hd.sn + 1;
         h->sent[h->sent_count++ % SENT_RING] = (sent_seg){hd.sn, hd.ts};
     }
 }
@@ -301,7 +324,7 @@ static void run_timers(harness *h)
 
 static void feed(harness *h, const uint8_t *p, size_t len, int must_accept)
 {
-    int verdict = tern_kcp_datagram_check(p, len, CONV);
+    int verdict = tern_kcp_datagram_check_ext(p, len, CONV, h->s.forward);
     trace_datagram(h, "in", p, len);
     int rc = tern_kcp_read_pkt(h->k, p, len, h->now);
     if (verdict >= 1)
@@ -371,6 +394,10 @@ static void op_craft(harness *h)
         tern_kcp_hdr hd = {0};
         hd.conv = CONV;
         hd.cmd = (uint8_t)(TERN_KCP_CMD_PUSH + c % 4);
+        /* A WINS whose ts would be "now" is a FORWARD for an engine that
+         * takes them. */
+        if (h->s.forward && hd.cmd == TERN_KCP_CMD_WINS && (c >> 6) == 3)
+            hd.cmd = TERN_KCP_CMD_FORWARD;
         hd.sn = pick_sn(h, (uint8_t)(c >> 2), r);
         hd.una = pick_sn(h, (uint8_t)(c >> 4), r);
         uint32_t now32 = (uint32_t)h->now;
@@ -395,6 +422,8 @@ static void op_craft(harness *h)
             hd.len = fuzz_u16(in) % (h->mss + 33);
             if (hd.sn == h->peer_next)
                 h->peer_next++;
+        } else if (hd.cmd == TERN_KCP_CMD_FORWARD && tern_kcp_diff32(hd.sn, h->peer_next) > 0) {
+            h->peer_next = hd.sn; /* our later PUSHes go on from F */
         }
         tern_kcp_hdr_encode(h->pkt + off, &hd);
         off += TERN_KCP_OVERHEAD;
@@ -439,12 +468,19 @@ static void op_send(harness *h)
         len = sizeof(h->payload);
     for (size_t i = 0; i < len; i++)
         h->payload[i] = (uint8_t)(i * 13 + 1);
+    tern_ms deadline = NEVER;
+    if (h->s.forward) {
+        uint8_t d = fuzz_u8(&h->in);
+        if (d < 192)
+            deadline = h->now + d * 2u - 64u; /* up to 64 ms in the past */
+    }
     bool dead = tern_kcp_is_dead(k);
     uint64_t failed = h->alloc.failed;
     tern_kcp_stats before, after;
     tern_kcp_get_stats(k, &before);
-    int rc = tern_kcp_send(k, h->payload, len, h->now);
-    TRACE("%llu send %zu: %d\n", (unsigned long long)h->now, len, rc);
+    int rc = tern_kcp_send_deadline(k, h->payload, len, deadline, h->now);
+    TRACE("%llu send %zu deadline %lld: %d\n", (unsigned long long)h->now, len,
+          deadline == NEVER ? -1LL : (long long)deadline, rc);
     tern_kcp_get_stats(k, &after);
     if (dead) {
         FUZZ_CHECK(rc == TERN_ERR_DEADLINK, "send on a dead engine: %s", tern_err_name(rc));

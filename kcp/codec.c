@@ -37,6 +37,12 @@ void tern_kcp_hdr_decode(const uint8_t *in, tern_kcp_hdr *hdr)
 
 int tern_kcp_datagram_check(const uint8_t *pkt, size_t len, uint32_t conv)
 {
+    return tern_kcp_datagram_check_ext(pkt, len, conv, false);
+}
+
+int tern_kcp_datagram_check_ext(const uint8_t *pkt, size_t len, uint32_t conv, bool forward)
+{
+    const uint8_t last_cmd = forward ? TERN_KCP_CMD_FORWARD : TERN_KCP_CMD_WINS;
     if (!pkt || len < TERN_KCP_OVERHEAD)
         return TERN_ERR_MALFORMED;
     int segments = 0;
@@ -48,7 +54,7 @@ int tern_kcp_datagram_check(const uint8_t *pkt, size_t len, uint32_t conv)
         tern_kcp_hdr hdr;
         tern_kcp_hdr_decode(pkt + off, &hdr);
         off += TERN_KCP_OVERHEAD;
-        if (hdr.cmd < TERN_KCP_CMD_PUSH || hdr.cmd > TERN_KCP_CMD_WINS)
+        if (hdr.cmd < TERN_KCP_CMD_PUSH || hdr.cmd > last_cmd)
             return TERN_ERR_MALFORMED;
         if (hdr.len > len - off)
             return TERN_ERR_MALFORMED;

@@ -3,6 +3,7 @@
 #ifndef TERN_KCP_CODEC_H
 #define TERN_KCP_CODEC_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -10,7 +11,10 @@ enum {
     TERN_KCP_CMD_PUSH = 81, /* data */
     TERN_KCP_CMD_ACK = 82,  /* acknowledges one segment, echoing its ts */
     TERN_KCP_CMD_WASK = 83, /* window probe: "tell me your window" */
-    TERN_KCP_CMD_WINS = 84  /* window announcement */
+    TERN_KCP_CMD_WINS = 84, /* window announcement */
+    /* Native extension (tern_kcp_settings.forward): "I no longer send any sn
+     * below the one in this segment's sn field". Not classic KCP. */
+    TERN_KCP_CMD_FORWARD = 85
 };
 
 typedef struct tern_kcp_hdr {
@@ -34,6 +38,9 @@ void tern_kcp_hdr_decode(const uint8_t *in, tern_kcp_hdr *hdr);
  * no bytes left over. Returns the number of segments (>= 1), or
  * TERN_ERR_MALFORMED, or TERN_ERR_CONV if well-formed but for another conv. */
 int tern_kcp_datagram_check(const uint8_t *pkt, size_t len, uint32_t conv);
+/* The same, also accepting FORWARD segments (no payload) when forward is
+ * set: what an engine with tern_kcp_settings.forward reads. */
+int tern_kcp_datagram_check_ext(const uint8_t *pkt, size_t len, uint32_t conv, bool forward);
 
 /* A little-endian 32-bit field, for walking a checked datagram quickly. */
 static inline uint32_t tern_kcp_get32(const uint8_t *p)

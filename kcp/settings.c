@@ -112,6 +112,9 @@ int tern_kcp_settings_check(const tern_kcp_settings *s)
         return TERN_ERR_RANGE;
     if (s->cc_state && !s->cc)
         return TERN_ERR_INVAL;
+    /* Both work on message boundaries, which a byte stream does not have. */
+    if ((s->unordered || s->forward) && s->mode != TERN_KCP_MODE_MESSAGE)
+        return TERN_ERR_INVAL;
     return 0;
 }
 
@@ -173,6 +176,8 @@ static const knob knobs[] = {
     KNOB("snd_queue_max", KNOB_SIZE, snd_queue_max, TERN_KCP_MTU_MIN, SIZE_MAX),
     KNOB("early_retransmit", KNOB_BOOL, early_retransmit, 0, 1),
     KNOB("ack_nodelay", KNOB_BOOL, ack_nodelay, 0, 1),
+    KNOB("unordered", KNOB_BOOL, unordered, 0, 1),
+    KNOB("forward", KNOB_BOOL, forward, 0, 1),
 };
 #undef KNOB
 

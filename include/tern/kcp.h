@@ -135,11 +135,32 @@ typedef struct tern_kcp_settings {
     /* Shared controller state, initialised and owned by the caller. NULL: the
      * engine allocates and initialises its own. */
     void *cc_state;
+    /* Message mode only (TERN_ERR_INVAL in stream mode). Reliable-unordered
+     * delivery: tern_kcp_recv() returns a message as soon as all of its
+     * fragments are in and the message before it is known to have ended,
+     * without waiting for earlier messages; each message exactly once.
+     * Receiver-side only: what goes on the wire (ACKs, una, wnd) is the same
+     * as without it, so the peer needs nothing. Because a classic segment
+     * says how many fragments follow it but not how many came before, a
+     * message directly after a gap waits until the segment before it (or a
+     * FORWARD past the gap) arrives; every later message goes ahead. The
+     * receive window is accounted as without it: wnd counts the sequence
+     * numbers from the oldest one not yet read to rcv_nxt, and a message
+     * read early above rcv_nxt holds its place (no memory) until rcv_nxt
+     * passes it. See docs/PROTOCOL.md, "Native extensions". */
+    bool unordered;
+    /* Message mode only. Enables the FORWARD command (cmd 85, not classic
+     * KCP) that tern_kcp_send_deadline() needs: the sender tells the
+     * receiver which sequence numbers it abandoned. Both peers must enable
+     * it; an engine without it drops a datagram holding a FORWARD as
+     * malformed, like any unknown command. */
+    bool forward;
 } tern_kcp_settings;
 
 /* Fills *s with the "fast3" preset, conv 0, message mode, mtu 1400, windows
  * 128/256, 4 MiB send queue, RTO 200 ms initial and 60 s maximum, dead link
- * after 20 transmissions, no congestion control. */
+ * after 20 transmissions, no congestion control, ordered delivery and no
+ * FORWARD (the classic wire format). */
 TERN_API void tern_kcp_settings_default(tern_kcp_settings *s);
 /* Applies a preset: interval, ack_delay, rto_min, backoff, fast_resend,
  * early_retransmit and bundle_bytes; clears ack_nodelay and raises
@@ -153,7 +174,8 @@ TERN_API int tern_kcp_preset_from_name(const char *name, tern_kcp_preset *out);
  * "rto_initial", "rto_min", "rto_max", "backoff" (x2|x1.5), "fast_resend",
  * "fast_limit", "early_retransmit", "ack_nodelay" (0|1|true|false),
  * "ack_delay", "bundle_bytes",
- * "dead_link", "probe_min", "probe_max", "snd_queue_max", "cc" (none|reno).
+ * "dead_link", "probe_min", "probe_max", "snd_queue_max", "cc" (none|reno),
+ * "unordered" and "forward" (booleans).
  * Returns TERN_ERR_NOTFOUND for an unknown name, TERN_ERR_INVAL for a value
  * that does not parse, TERN_ERR_RANGE for one outside that knob's own range;
  * *s is unchanged on error. Relations between knobs (rto_min <= rto_initial
@@ -187,6 +209,22 @@ TERN_API void *tern_kcp_user_data(const tern_kcp *kcp);
  * bytes of memory (segments with their headers; nothing queued),
  * TERN_ERR_NOMEM (nothing queued), or TERN_ERR_DEADLINK once dead. */
 TERN_API int tern_kcp_send(tern_kcp *kcp, const void *data, size_t len, tern_ms now);
+/* As tern_kcp_send() in message mode, but the message is abandoned if it is
+ * not wholly acknowledged by `deadline` (absolute, on the clock of `now`;
+ * UINT64_MAX: never, exactly tern_kcp_send(), in either mode). An abandoned
+ * message is never sent or resent again and its memory is released at once
+ * (stats.expired_msgs, expired_segs); the receiver is told to skip it with a
+ * FORWARD, and never delivers part of it (it may still deliver all of it if
+ * every fragment had already arrived). Expiry runs in
+ * tern_kcp_handle_expiry() and in tern_kcp_write_pkt(), and
+ * tern_kcp_get_expiry() accounts for the earliest deadline, so a deadline
+ * already past expires the message before anything of it is sent.
+ * Deadlines need not be in send order. Returns what tern_kcp_send() returns
+ * (TERN_ERR_WOULDBLOCK also counts a small per-message record against
+ * snd_queue_max), or TERN_ERR_UNSUPPORTED for a finite deadline in stream
+ * mode or without settings.forward. */
+TERN_API int tern_kcp_send_deadline(tern_kcp *kcp, const void *data, size_t len, tern_ms deadline,
+                                    tern_ms now);
 TERN_API size_t tern_kcp_max_message(const tern_kcp *kcp);
 
 /* Copies received data into buf. Message mode: one whole message, or
@@ -200,25 +238,27 @@ TERN_API tern_ssize tern_kcp_peek_size(const tern_kcp *kcp);
 
 /* Processes one received datagram (not retained). The whole datagram is
  * validated first: on TERN_ERR_MALFORMED (shorter than a header, a length
- * past the end, bytes left over, an unknown command, a payload on a
- * non-PUSH segment) or TERN_ERR_CONV (a segment for another conversation)
- * nothing changes but a counter (and the engine's clock, which follows now).
- * Data the engine cannot hold (out of window, out of memory) is dropped,
- * counted where it says so in the stats, and not acknowledged. */
+ * past the end, bytes left over, an unknown command (FORWARD counts as one
+ * unless settings.forward), a payload on a non-PUSH segment) or
+ * TERN_ERR_CONV (a segment for another conversation) nothing changes but a
+ * counter (and the engine's clock, which follows now). Data the engine
+ * cannot hold (out of window, out of memory) is dropped, counted where it
+ * says so in the stats, and not acknowledged. */
 TERN_API int tern_kcp_read_pkt(tern_kcp *kcp, const uint8_t *pkt, size_t len, tern_ms now);
 
-/* Writes at most one datagram (ACKs, probes, new and retransmitted data,
- * several segments packed up to min(cap, mtu)) into dest and returns its
- * length; 0 when nothing is due now. cap must be at least mtu, else
- * TERN_ERR_NOBUFS. TERN_ERR_DEADLINK once dead. */
+/* Writes at most one datagram (ACKs, probes, a FORWARD, new and
+ * retransmitted data, several segments packed up to min(cap, mtu)) into
+ * dest and returns its length; 0 when nothing is due now. cap must be at
+ * least mtu, else TERN_ERR_NOBUFS. TERN_ERR_DEADLINK once dead. */
 TERN_API tern_ssize tern_kcp_write_pkt(tern_kcp *kcp, uint8_t *dest, size_t cap, tern_ms now);
 
 /* When the engine next needs handle_expiry + write_pkt; UINT64_MAX if never
  * (until new input or data). May be <= now, meaning "now". */
 TERN_API tern_ms tern_kcp_get_expiry(const tern_kcp *kcp);
-/* Runs the timers that are due (retransmission and early-retransmit
- * deadlines, window probes). Returns 0, or TERN_ERR_DEADLINK. Call write_pkt
- * afterwards: it also sends ACKs whose delay has run out. */
+/* Runs the timers that are due (message deadlines, retransmission and
+ * early-retransmit deadlines, window probes). Returns 0, or
+ * TERN_ERR_DEADLINK. Call write_pkt afterwards: it also sends ACKs whose
+ * delay has run out. */
 TERN_API int tern_kcp_handle_expiry(tern_kcp *kcp, tern_ms now);
 
 /* True once the link was declared dead. */
@@ -245,6 +285,11 @@ typedef struct tern_kcp_stats {
     uint64_t oversize_msgs;                 /* messages dropped for not fitting rcv_wnd */
     uint64_t conv_mismatch;                 /* datagrams dropped for another conv */
     uint64_t msgs_sent, msgs_recv;
+    uint64_t expired_msgs;                  /* messages abandoned at their deadline */
+    uint64_t expired_segs;                  /* their segments released unacknowledged */
+    uint64_t forwards_sent, forwards_recv;  /* FORWARD segments */
+    uint64_t forwarded_skipped;             /* sequence numbers skipped, never received */
+    uint64_t forwarded_dropped;             /* received fragments of abandoned messages dropped */
     uint32_t srtt_ms, rttvar_ms, rto_ms;    /* srtt 0 until the first sample */
     uint64_t cwnd_bytes, ssthresh_bytes;    /* UINT64_MAX if unlimited */
     uint64_t in_flight_bytes;
