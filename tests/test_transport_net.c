@@ -374,3 +374,168 @@ Test(net, many_sessions_one_endpoint)
     tern_endpoint *eps[] = {cli, srv};
     tu_close_all(&loop, eps, 2);
 }
+
+/* ---- channel delivery under loss ---- */
+
+enum { CH_ORDERED, CH_UNORDERED, CH_DEADLINE };
+
+typedef struct ch_log {
+    int count[3];
+    int out_of_order[3];
+    int last[3];
+    uint8_t seen[3][1000];
+    bool dup;
+} ch_log;
+
+static ch_log chl;
+
+static void ch_record(tern_session *s, uint32_t ch, const uint8_t *data, size_t len)
+{
+    (void)s;
+    cr_assert_eq(len, 600);
+    int id = (int)(data[0] | (data[1] << 8));
+    cr_assert_lt(id, 1000);
+    if (chl.seen[ch][id])
+        chl.dup = true;
+    chl.seen[ch][id] = 1;
+    if (chl.count[ch] > 0 && id < chl.last[ch])
+        chl.out_of_order[ch]++;
+    chl.last[ch] = id;
+    chl.count[ch]++;
+}
+
+static void ch_accept(tern_endpoint *ep, tern_session *s)
+{
+    (void)ep;
+    accepted++;
+    tern_session_callbacks cbs = {.message_cb = ch_record};
+    tern_session_set_callbacks(s, &cbs);
+}
+
+static bool ch_done(void *arg)
+{
+    int want = *(int *)arg;
+    return chl.count[CH_ORDERED] >= want && chl.count[CH_UNORDERED] >= want;
+}
+
+static void channel_table(tern_endpoint_config *cfg)
+{
+    cfg->n_channels = 3;
+    cfg->channels[CH_ORDERED] =
+        (tern_channel_config){.kind = TERN_CHANNEL_RELIABLE_ORDERED, .weight = 1};
+    cfg->channels[CH_UNORDERED] =
+        (tern_channel_config){.kind = TERN_CHANNEL_RELIABLE_UNORDERED, .weight = 1};
+    cfg->channels[CH_DEADLINE] =
+        (tern_channel_config){.kind = TERN_CHANNEL_RELIABLE_ORDERED, .weight = 1};
+}
+
+static int connected_flag;
+
+static void ch_connect(tern_session *s, int status)
+{
+    (void)s;
+    connected_flag = status == 0 ? 1 : -1;
+}
+
+static bool ch_connected(void *arg)
+{
+    (void)arg;
+    return connected_flag != 0;
+}
+
+Test(net, reliable_unordered_delivers_past_losses_exactly_once)
+{
+    memset(&chl, 0, sizeof(chl));
+    accepted = connected_flag = 0;
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    tern_endpoint_config scfg, ccfg;
+    plain(&scfg);
+    plain(&ccfg);
+    channel_table(&scfg);
+    channel_table(&ccfg);
+    tern_netsim_cfg imp;
+    lossy(&imp);
+    ccfg.impair_send = &imp;
+    ccfg.impair_seed = 5;
+    tern_endpoint *srv = tu_endpoint(&loop, &scfg);
+    tern_endpoint *cli = tu_endpoint(&loop, &ccfg);
+    cr_assert_eq(tern_endpoint_listen(srv, ch_accept), 0);
+    struct sockaddr_storage to = tu_local(srv);
+    const struct sockaddr *addrs[] = {(const struct sockaddr *)&to};
+    tern_session_callbacks cbs = {.connect_cb = ch_connect};
+    tern_session *s;
+    cr_assert_eq(tern_endpoint_connect(cli, addrs, 1, 0, &cbs, &s), 0);
+    cr_assert(tu_run_until(&loop, ch_connected, NULL, 5000));
+    int want = 400;
+    uint8_t msg[600] = {0};
+    for (int i = 0; i < want; i++) {
+        msg[0] = (uint8_t)i;
+        msg[1] = (uint8_t)(i >> 8);
+        cr_assert_eq(tern_session_send(s, CH_ORDERED, msg, sizeof(msg), 0), 0);
+        cr_assert_eq(tern_session_send(s, CH_UNORDERED, msg, sizeof(msg), 0), 0);
+    }
+    cr_assert(tu_run_until(&loop, ch_done, &want, 20000), "%d %d", chl.count[0], chl.count[1]);
+    cr_assert_not(chl.dup, "a message delivered twice");
+    cr_assert_eq(chl.out_of_order[CH_ORDERED], 0);
+    cr_assert_gt(chl.out_of_order[CH_UNORDERED], 0,
+                 "10%% loss and no message overtook a lost one: not unordered");
+    tern_endpoint *eps[] = {cli, srv};
+    tu_close_all(&loop, eps, 2);
+}
+
+static bool deadline_done(void *arg)
+{
+    (void)arg;
+    return chl.count[CH_DEADLINE] > 0 && chl.seen[CH_DEADLINE][999];
+}
+
+Test(net, deadline_messages_are_dropped_not_retransmitted)
+{
+    memset(&chl, 0, sizeof(chl));
+    accepted = connected_flag = 0;
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    tern_endpoint_config scfg, ccfg;
+    plain(&scfg);
+    plain(&ccfg);
+    channel_table(&scfg);
+    channel_table(&ccfg);
+    /* The client's sends vanish for 600 ms, starting 300 ms from now. */
+    tern_netsim_cfg cut;
+    tern_netsim_cfg_default(&cut);
+    tern_ms t0 = uv_now(&loop);
+    cut.n_partitions = 1;
+    cut.partitions[0] = (tern_netsim_partition){t0 + 300, t0 + 900};
+    ccfg.impair_send = &cut;
+    tern_endpoint *srv = tu_endpoint(&loop, &scfg);
+    tern_endpoint *cli = tu_endpoint(&loop, &ccfg);
+    cr_assert_eq(tern_endpoint_listen(srv, ch_accept), 0);
+    struct sockaddr_storage to = tu_local(srv);
+    const struct sockaddr *addrs[] = {(const struct sockaddr *)&to};
+    tern_session_callbacks cbs = {.connect_cb = ch_connect};
+    tern_session *s;
+    cr_assert_eq(tern_endpoint_connect(cli, addrs, 1, 0, &cbs, &s), 0);
+    cr_assert(tu_run_until(&loop, ch_connected, NULL, 2000));
+    /* Wait for the partition, then send 50 messages that may live 100 ms. */
+    tu_run_to(&loop, t0 + 350);
+    uint8_t msg[600] = {0};
+    for (int i = 0; i < 50; i++) {
+        msg[0] = (uint8_t)i;
+        cr_assert_eq(tern_session_send(s, CH_DEADLINE, msg, sizeof(msg), 100), 0);
+    }
+    /* After the partition, one more that must arrive. */
+    tu_run_to(&loop, t0 + 950);
+    msg[0] = (uint8_t)(999 & 0xFF);
+    msg[1] = (uint8_t)(999 >> 8);
+    cr_assert_eq(tern_session_send(s, CH_DEADLINE, msg, sizeof(msg), 0), 0);
+    cr_assert(tu_run_until(&loop, deadline_done, NULL, 5000), "the message after the gap");
+    for (int i = 0; i < 50; i++)
+        cr_assert_eq(chl.seen[CH_DEADLINE][i], 0, "expired message %d delivered", i);
+    tern_session_stats ss;
+    tern_session_get_stats(s, &ss);
+    cr_assert_eq(ss.msgs_expired, 50);
+    cr_assert_gt(ss.kcp.forwards_sent, 0);
+    tern_endpoint *eps[] = {cli, srv};
+    tu_close_all(&loop, eps, 2);
+}

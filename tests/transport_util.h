@@ -54,6 +54,19 @@ static inline bool tu_run_until(uv_loop_t *loop, tu_done_fn done, void *arg, uin
     return ok;
 }
 
+static inline bool tu_never(void *arg)
+{
+    (void)arg;
+    return false;
+}
+
+/* Runs the loop (waking at least every 5 ms) until its clock reaches at. */
+static inline void tu_run_to(uv_loop_t *loop, uint64_t at)
+{
+    if (uv_now(loop) < at)
+        (void)tu_run_until(loop, tu_never, NULL, at - uv_now(loop));
+}
+
 /* Closes the endpoints and runs the loop until every handle is gone. */
 static inline void tu_close_all(uv_loop_t *loop, tern_endpoint **eps, size_t n)
 {

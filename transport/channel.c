@@ -36,7 +36,8 @@ static int channel_engine(tern_session *s, uint32_t ch)
     channel *c = &s->channels[ch];
     if (c->kcp)
         return 0;
-    return tern_session_new_engine(s, TERN_CONV_CHANNEL_BASE + ch, TERN_KCP_MODE_MESSAGE, &c->kcp);
+    return tern_session_new_engine_ex(s, TERN_CONV_CHANNEL_BASE + ch, TERN_KCP_MODE_MESSAGE,
+                                      c->cfg.kind == TERN_CHANNEL_RELIABLE_UNORDERED, &c->kcp);
 }
 
 void tern_channel_deliver(tern_session *s, uint32_t ch, tern_ms now)
@@ -154,12 +155,13 @@ int tern_session_send(tern_session *s, uint32_t ch, const void *data, size_t len
             return TERN_ERR_STATE;
         return tern_session_send_unreliable(s, ch, data, len, now);
     }
-    if (deadline_ms != 0)
-        return TERN_ERR_UNSUPPORTED;
     int rc = channel_engine(s, ch);
     if (rc < 0)
         return rc;
-    rc = tern_kcp_send(c->kcp, data, len, now);
+    /* Late equals useless: past its deadline the message is dropped rather
+     * than retransmitted, and the peer told to skip it (FORWARD). */
+    tern_ms deadline = deadline_ms ? now + deadline_ms : UINT64_MAX;
+    rc = tern_kcp_send_deadline(c->kcp, data, len, deadline, now);
     if (rc < 0)
         return rc;
     s->stats.msgs_sent++;

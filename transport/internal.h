@@ -237,6 +237,8 @@ void tern_session_end(tern_session *s, int status, uint16_t wire_reason, tern_ms
 void tern_session_established(tern_session *s, tern_ms now);
 size_t tern_session_payload_max(const tern_session *s);
 int tern_session_new_engine(tern_session *s, uint32_t conv, tern_kcp_mode mode, tern_kcp **out);
+int tern_session_new_engine_ex(tern_session *s, uint32_t conv, tern_kcp_mode mode,
+                               bool unordered, tern_kcp **out);
 tern_stream *tern_session_find_stream(const tern_session *s, uint32_t id);
 int tern_session_send_fin(tern_session *s, uint32_t id, uint64_t size, tern_ms now);
 int tern_session_send_reset(tern_session *s, uint32_t id, tern_ms now);

@@ -27,12 +27,19 @@ size_t tern_session_payload_max(const tern_session *s)
     }
 }
 
-int tern_session_new_engine(tern_session *s, uint32_t conv, tern_kcp_mode mode, tern_kcp **out)
+int tern_session_new_engine_ex(tern_session *s, uint32_t conv, tern_kcp_mode mode,
+                               bool unordered, tern_kcp **out)
 {
     tern_endpoint *ep = s->ep;
     tern_kcp_settings ks = ep->cfg.kcp;
     ks.conv = conv;
     ks.mode = mode;
+    /* Native message engines (control, channels) speak FORWARD, so that a
+     * message with a deadline can be abandoned; streams and compat engines
+     * stay classic. */
+    bool native = ep->cfg.security != TERN_SECURITY_KCP_COMPAT;
+    ks.forward = native && mode == TERN_KCP_MODE_MESSAGE;
+    ks.unordered = native && unordered;
     /* A compat engine's datagram is the whole UDP payload; a native one
      * travels in a KCP frame inside a DATA payload. */
     size_t mtu = tern_session_payload_max(s);
@@ -43,6 +50,11 @@ int tern_session_new_engine(tern_session *s, uint32_t conv, tern_kcp_mode mode, 
     ks.cc_state = s->cc_state;
     tern_kcp_callbacks cbs = {.dead_link = engine_dead};
     return tern_kcp_new(out, &ks, &cbs, s, &ep->mem, tern_ep_now(ep));
+}
+
+int tern_session_new_engine(tern_session *s, uint32_t conv, tern_kcp_mode mode, tern_kcp **out)
+{
+    return tern_session_new_engine_ex(s, conv, mode, false, out);
 }
 
 int tern_session_create(tern_endpoint *ep, bool is_client, tern_session **out)
@@ -873,6 +885,12 @@ static void add_counters(tern_kcp_stats *sum, const tern_kcp_stats *kp)
     sum->conv_mismatch += k.conv_mismatch;
     sum->msgs_sent += k.msgs_sent;
     sum->msgs_recv += k.msgs_recv;
+    sum->expired_msgs += k.expired_msgs;
+    sum->expired_segs += k.expired_segs;
+    sum->forwards_sent += k.forwards_sent;
+    sum->forwards_recv += k.forwards_recv;
+    sum->forwarded_skipped += k.forwarded_skipped;
+    sum->forwarded_dropped += k.forwarded_dropped;
 }
 
 /* Live engines add their gauges too: the smallest RTT (the path's), and
@@ -927,6 +945,7 @@ void tern_session_get_stats(const tern_session *s, tern_session_stats *out)
             add_kcp_stats(&out->kcp, st->kcp);
     }
     out->streams_open = s->n_streams;
+    out->msgs_expired = out->kcp.expired_msgs;
     out->srtt_ms = s->srtt_ms ? s->srtt_ms : out->kcp.srtt_ms;
     if (s->cc && s->cc_state && s->cc->cwnd) {
         out->kcp.cwnd_bytes = s->cc->cwnd(s->cc_state);

@@ -122,6 +122,8 @@ struct tern_udp {
     uint8_t *sbuf, *xsend, *rpack, *xrecv;
 
     tern_udp_stats stats;
+    tern_udp_tap_fn tap; /* test hook: tern_udp_set_send_tap() */
+    void *tap_user;
 };
 
 /* ---- small helpers ---- */
@@ -904,6 +906,8 @@ static int send_prepared(tern_udp *u, const uint8_t *data, size_t len, const str
     int rc = dest_check(u, to, &a, &alen);
     if (rc < 0)
         return rc;
+    if (u->tap && !u->tap(u->tap_user, data, len, &a.sa))
+        return 0;
     if (u->isend.link)
         return impair_offer(u, &u->isend, u->sbuf, data, len, &a.sa);
     if (in_slot) {
@@ -1010,4 +1014,12 @@ bool tern_udp_gso_active(const tern_udp *u)
 int tern_udp_fileno(const tern_udp *u)
 {
     return u && !u->closing ? u->fd : -1;
+}
+
+void tern_udp_set_send_tap(tern_udp *u, tern_udp_tap_fn tap, void *tap_user)
+{
+    if (!u)
+        return;
+    u->tap = tap;
+    u->tap_user = tap_user;
 }

@@ -163,4 +163,12 @@ bool tern_udp_gso_active(const tern_udp *u);
 /* The OS socket, for socket options this layer does not cover; -1 if closed. */
 int tern_udp_fileno(const tern_udp *u);
 
+/* Test hook (the session_input fuzz harness): tap(tap_user, ...) sees every
+ * datagram about to be queued, after its destination passed the checks;
+ * returning false swallows it (reported as sent, nothing reaches the
+ * socket). NULL removes it. Not for applications. */
+typedef bool (*tern_udp_tap_fn)(void *tap_user, const uint8_t *data, size_t len,
+                                const struct sockaddr *to);
+void tern_udp_set_send_tap(tern_udp *u, tern_udp_tap_fn tap, void *tap_user);
+
 #endif /* TERN_TRANSPORT_UDP_H */

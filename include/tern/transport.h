@@ -284,7 +284,10 @@ TERN_API int tern_session_abort(tern_session *s);
 typedef struct tern_session_stats {
     uint64_t dgrams_in, dgrams_out, bytes_in, bytes_out;
     uint64_t drop_auth, drop_malformed, drop_replay;
-    uint64_t msgs_sent, msgs_recv, msgs_expired, msgs_obsolete;
+    uint64_t msgs_sent, msgs_recv;
+    uint64_t msgs_expired;        /* reliable messages abandoned at their deadline
+                                   * (also kcp.expired_msgs) */
+    uint64_t msgs_obsolete;       /* unreliable-sequenced messages superseded */
     uint64_t pings_sent, path_changes;
     uint32_t streams_open;
     uint32_t srtt_ms;             /* from pings and the engines, 0 until known */
