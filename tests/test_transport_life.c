@@ -538,3 +538,69 @@ Test(life, bad_configs_are_refused)
     tern_endpoint *eps[] = {a};
     tu_close_all(&loop, eps, 1);
 }
+
+Test(life, dead_link_ends_the_session_with_its_own_code)
+{
+    memset(&L, 0, sizeof(L));
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    tern_endpoint_config scfg, ccfg;
+    nk(&scfg, &ccfg);
+    ccfg.kcp.dead_link = 4;
+    ccfg.idle_timeout_ms = 60000;
+    ccfg.keepalive_ms = 0;
+    /* Everything the client sends from 200 ms on is lost. */
+    tern_netsim_cfg cut;
+    tern_netsim_cfg_default(&cut);
+    tern_ms t0 = uv_now(&loop);
+    cut.n_partitions = 1;
+    cut.partitions[0] = (tern_netsim_partition){t0 + 200, UINT64_MAX};
+    ccfg.impair_send = &cut;
+    tern_endpoint *srv = tu_endpoint(&loop, &scfg);
+    tern_endpoint *cli = tu_endpoint(&loop, &ccfg);
+    tern_session *s = connect_pair(&loop, srv, cli);
+    tu_run_to(&loop, t0 + 250);
+    cr_assert_eq(tern_session_send(s, 0, "lost", 4, 0), 0);
+    cr_assert(tu_run_until(&loop, client_closed, NULL, 20000));
+    cr_assert_eq(L.client_close_status, TERN_ERR_DEADLINK);
+    tern_endpoint *eps[] = {cli, srv};
+    tu_close_all(&loop, eps, 2);
+}
+
+Test(life, ipv6_loopback)
+{
+    memset(&L, 0, sizeof(L));
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    tern_endpoint_config scfg, ccfg;
+    nk(&scfg, &ccfg);
+    struct sockaddr_storage any6 = tu_addr("[::1]:0");
+    tern_endpoint *srv = NULL, *cli = NULL;
+    int rc = tern_endpoint_new(&srv, &loop, (const struct sockaddr *)&any6, &scfg);
+    if (rc == TERN_ERR_IO) {
+        uv_loop_close(&loop);
+        cr_skip_test("no IPv6 loopback here");
+    }
+    cr_assert_eq(rc, 0);
+    cr_assert_eq(tern_endpoint_new(&cli, &loop, (const struct sockaddr *)&any6, &ccfg), 0);
+    cr_assert_eq(tern_endpoint_listen(srv, srv_accept), 0);
+    struct sockaddr_storage to = tu_local(srv);
+    cr_assert_eq(to.ss_family, AF_INET6);
+    const struct sockaddr *addrs[] = {(const struct sockaddr *)&to};
+    tern_session *s;
+    cr_assert_eq(tern_endpoint_connect(cli, addrs, 1, 0, &client_cbs, &s), 0);
+    cr_assert(tu_run_until(&loop, client_done, NULL, 3000));
+    cr_assert_eq(L.connect_status, 0);
+    cr_assert_eq(tern_session_send(s, 0, "six", 3, 0), 0);
+    uint64_t start = uv_now(&loop);
+    while (L.msgs < 1 && uv_now(&loop) - start < 2000)
+        uv_run(&loop, UV_RUN_ONCE);
+    cr_assert_eq(L.msgs, 1);
+    char line[256];
+    tern_trace_event ev = {.kind = TERN_TRACE_CLOSED, .peer = (const struct sockaddr *)&to};
+    cr_assert_gt(tern_trace_format_json(&ev, line, sizeof(line)), 0);
+    cr_assert(strstr(line, "[::1]:") != NULL, "%s", line);
+    cr_assert_eq(tern_trace_format_json(&ev, line, 10), TERN_ERR_NOBUFS);
+    tern_endpoint *eps[] = {cli, srv};
+    tu_close_all(&loop, eps, 2);
+}
