@@ -262,7 +262,7 @@ Test(life, graceful_close_delivers_queued_messages)
     cr_assert(tu_run_until(&loop, both_closed, NULL, 5000));
     cr_assert_eq(L.msgs, 200, "queued messages delivered before the close");
     cr_assert_eq(L.client_close_status, 0);
-    cr_assert_eq(L.server_close_status, TERN_ERR_RESET);
+    cr_assert_eq(L.server_close_status, TERN_ERR_EOF, "a graceful close reads as EOF");
     cr_assert_eq(L.client_closes, 1);
     cr_assert_eq(L.server_closes, 1);
     tern_endpoint *eps[] = {cli, srv};

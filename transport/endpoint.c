@@ -227,13 +227,18 @@ void tern_ep_reap(tern_endpoint *ep)
         ep->reap_streams = st->reap_next;
         st->reap_next = NULL;
         st->in_reap = false;
-        if (!st->reaped) {
+        /* Queued writes still owe their callbacks: the close callback
+         * comes last, once they are in the engine (check_done brings the
+         * stream back here). */
+        bool writes_owed = st->wq_head && st->kcp && st->session->state != SESSION_DEAD;
+        if (!st->reaped && !writes_owed) {
             st->reaped = true;
             if (st->close_cb)
                 st->close_cb(st);
         }
         /* After a graceful close it lingers until the peer has it all. */
-        if (!st->kcp || tern_stream_write_side_done(st) || st->session->state == SESSION_DEAD)
+        if (!writes_owed &&
+            (!st->kcp || tern_stream_write_side_done(st) || st->session->state == SESSION_DEAD))
             tern_stream_free(st);
     }
     while (ep->reap) {

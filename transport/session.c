@@ -587,7 +587,10 @@ void tern_session_input(tern_session *s, const uint8_t *payload, size_t len, ter
             }
             break;
         case TERN_FRAME_CLOSE:
-            tern_session_end(s, TERN_ERR_RESET, 0, now);
+            /* The peer's reason, as the status: a graceful close reads as
+             * the end of the session, anything else as a reset. */
+            tern_session_end(s, f.reason == TERN_CLOSE_GRACEFUL ? TERN_ERR_EOF : TERN_ERR_RESET,
+                             0, now);
             return;
         default:
             break;
@@ -762,7 +765,8 @@ void tern_session_end(tern_session *s, int status, uint16_t wire_reason, tern_ms
     /* Dead first: a CLOSE that fails to seal must not end it again. */
     s->state = SESSION_DEAD;
     s->end_status = status;
-    if (was_open && status != TERN_ERR_RESET && ep->cfg.security != TERN_SECURITY_KCP_COMPAT) {
+    bool peer_closed = status == TERN_ERR_RESET || status == TERN_ERR_EOF;
+    if (was_open && !peer_closed && ep->cfg.security != TERN_SECURITY_KCP_COMPAT) {
         /* Twice: a lost CLOSE costs the peer an idle timeout. */
         for (int i = 0; i < 2; i++) {
             uint8_t buf[8];

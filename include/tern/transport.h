@@ -149,9 +149,10 @@ TERN_API void tern_endpoint_config_default(tern_endpoint_config *cfg);
 
 /* Why a session ended (the status of close_cb): 0 for a local close that
  * completed, or one of TERN_ERR_TIMEDOUT (idle timeout or handshake
- * timeout), TERN_ERR_DEADLINK (data unacknowledged too long), TERN_ERR_RESET
- * (the peer closed or aborted), TERN_ERR_CANCELED (aborted locally or the
- * endpoint closed), TERN_ERR_DECRYPT / TERN_ERR_EXPIRED (keys). */
+ * timeout), TERN_ERR_DEADLINK (data unacknowledged too long), TERN_ERR_EOF
+ * (the peer closed gracefully), TERN_ERR_RESET (the peer aborted, timed out
+ * or failed), TERN_ERR_CANCELED (aborted locally or the endpoint closed),
+ * TERN_ERR_DECRYPT / TERN_ERR_EXPIRED (keys). */
 
 typedef struct tern_session_callbacks {
     /* Client side: the handshake finished (status 0) or failed (status <
