@@ -186,6 +186,11 @@ static void lossy_streams(const char *cc, int n_flows, uint64_t bytes)
     tern_session_get_stats(s, &ss);
     cr_assert_gt(ss.kcp.retrans_fast + ss.kcp.retrans_timeout + ss.kcp.retrans_early, 0,
                  "no loss was repaired: is the impairment on?");
+    /* Under a congestion window the session paces; without one it does not. */
+    if (strcmp(cc, "reno") == 0)
+        cr_assert_gt(ss.pacing_rate, 0);
+    else
+        cr_assert_eq(ss.pacing_rate, 0);
     tern_endpoint *eps[] = {cli, srv};
     tu_close_all(&loop, eps, 2);
 }

@@ -118,6 +118,12 @@ struct tern_session {
 
     const tern_kcp_cc_ops *cc;
     void *cc_state;
+    /* Pacing (only under a congestion window): a token bucket filled at
+     * 1.25 x cwnd / srtt, so a window leaves spread over the round trip
+     * instead of in one burst. */
+    uint64_t pace_rate;            /* bytes per second, 0: not pacing */
+    int64_t pace_tokens;
+    tern_ms pace_last, pace_wake;  /* pace_wake: UINT64_MAX unless blocked */
     uint64_t last_cwnd;
     tern_kcp *control;
     channel channels[TERN_CHANNELS_MAX];

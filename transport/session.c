@@ -66,6 +66,7 @@ int tern_session_create(tern_endpoint *ep, bool is_client, tern_session **out)
     s->is_client = is_client;
     s->heap_index = SIZE_MAX;
     s->wake = UINT64_MAX;
+    s->pace_wake = UINT64_MAX;
     s->next_stream_id = is_client ? 1 : 2;
     s->peer_base = is_client ? 2 : 1;
     tern_ms now = tern_ep_now(ep);
@@ -176,22 +177,63 @@ static uint8_t *reserve(out_buf *o, size_t n)
 
 /* Drains one engine into KCP frames; returns whether it wrote anything.
  * max_dgrams bounds how many datagrams it may take this round (weights). */
+/* Refills the pacing bucket; the rate follows the controller's window and
+ * the path's smallest RTT. */
+static void pace_refill(tern_session *s, tern_ms now)
+{
+    s->pace_wake = UINT64_MAX;
+    uint64_t cwnd = s->cc && s->cc_state && s->cc->cwnd ? s->cc->cwnd(s->cc_state) : UINT64_MAX;
+    uint32_t srtt = 0;
+    if (cwnd != UINT64_MAX) {
+        for (const tern_stream *st = s->streams; st; st = st->next) {
+            if (!st->kcp)
+                continue;
+            tern_kcp_stats k;
+            tern_kcp_get_stats(st->kcp, &k);
+            if (k.srtt_ms && (!srtt || k.srtt_ms < srtt))
+                srtt = k.srtt_ms;
+        }
+    }
+    if (cwnd == UINT64_MAX || srtt == 0) {
+        s->pace_rate = 0;
+        return;
+    }
+    s->pace_rate = cwnd * 1000U * 5U / 4U / srtt;
+    int64_t burst = (int64_t)(s->pace_rate * 5U / 1000U);
+    int64_t floor_burst = (int64_t)(10 * tern_session_payload_max(s));
+    if (burst < floor_burst)
+        burst = floor_burst;
+    if (now > s->pace_last)
+        s->pace_tokens += (int64_t)(s->pace_rate * (now - s->pace_last) / 1000U);
+    s->pace_last = now;
+    if (s->pace_tokens > burst)
+        s->pace_tokens = burst;
+}
+
 static bool drain_engine(out_buf *o, tern_kcp *kcp, size_t max_dgrams)
 {
-    tern_endpoint *ep = o->s->ep;
+    tern_session *s = o->s;
     uint8_t tmp[TERN_PACKET_MAX];
     bool any = false;
     for (size_t i = 0; i < max_dgrams; i++) {
+        if (s->pace_rate && s->pace_tokens <= 0) {
+            /* Come back when the bucket holds a datagram again. */
+            uint64_t wait = ((uint64_t)(-s->pace_tokens) + tern_session_payload_max(s)) * 1000U /
+                            s->pace_rate;
+            s->pace_wake = o->now + (wait ? wait : 1);
+            break;
+        }
         tern_ssize n = tern_kcp_write_pkt(kcp, tmp, sizeof(tmp), o->now);
         if (n <= 0)
             break;
         any = true;
+        if (s->pace_rate)
+            s->pace_tokens -= n;
         uint8_t *f = reserve(o, TERN_FRAME_KCP_HEADER + (size_t)n);
         f[0] = TERN_FRAME_KCP;
         tern_wire_put16(f + 1, (uint16_t)n);
         memcpy(f + TERN_FRAME_KCP_HEADER, tmp, (size_t)n);
     }
-    (void)ep;
     return any;
 }
 
@@ -252,6 +294,7 @@ void tern_session_flush(tern_session *s, tern_ms now)
     if (s->state == SESSION_DEAD)
         return;
 
+    pace_refill(s, now);
     out_buf o = {.s = s, .p = ep->payload, .cap = tern_session_payload_max(s), .now = now};
     if (s->pong_due) {
         uint8_t *f = reserve(&o, 5);
@@ -662,6 +705,7 @@ tern_ms tern_session_next_wake(const tern_session *s)
         t = min_ms(t, s->last_recv + ep->cfg.idle_timeout_ms);
     if (s->state == SESSION_LINGER)
         t = all_acked(s) ? 0 : min_ms(t, s->linger_deadline);
+    t = min_ms(t, s->pace_wake);
     return min_ms(t, tern_channels_wake(s));
 }
 
@@ -950,6 +994,7 @@ void tern_session_get_stats(const tern_session *s, tern_session_stats *out)
     }
     out->streams_open = s->n_streams;
     out->msgs_expired = out->kcp.expired_msgs;
+    out->pacing_rate = s->pace_rate;
     out->srtt_ms = s->srtt_ms ? s->srtt_ms : out->kcp.srtt_ms;
     if (s->cc && s->cc_state && s->cc->cwnd) {
         out->kcp.cwnd_bytes = s->cc->cwnd(s->cc_state);

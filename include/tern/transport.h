@@ -292,6 +292,8 @@ typedef struct tern_session_stats {
     uint64_t pings_sent, path_changes;
     uint32_t streams_open;
     uint32_t srtt_ms;             /* from pings and the engines, 0 until known */
+    uint64_t pacing_rate;         /* bytes/s the session paces at under a congestion
+                                   * window (1.25 cwnd / srtt); 0: not pacing */
     /* Every engine's counters, summed, freed engines included; gauges over
      * live engines: srtt/rttvar/rto the smallest RTT's, in-flight and queue
      * sizes summed, cwnd/ssthresh the session's controller, rmt_wnd the
