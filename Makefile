@@ -5,20 +5,24 @@
 # user, `deps` prints the apt-get command to run and stops.
 #
 #   make demo    build build/ (RelWithDebInfo) and run build/tools/tern-demo
-#   make test    build/ with -Werror + ctest, then build-asan/ (ASan+UBSan) + ctest
+#   make test    build/ with -Werror + ctest + a valgrind slice, then build-asan/
+#                (ASan+UBSan) + ctest
 #   make soak    as test's first half, with TERN_SOAK=1 (1000 seeds per test)
 #   make bench   build build/ in Release and run every benchmark
 #   make fuzz    build build-fuzz/ with clang + libFuzzer, run each harness FUZZ_SECONDS
+#   make valgrind  build build/ and run the engine, crypto and reassembly tests
+#                under valgrind memcheck
 #   make format  clang-format -i on the C sources
 #   make clean   remove build/, build-asan/ and build-fuzz/
 #
 # Overridable: TERN_PKGS (package list), JOBS (build jobs, default nproc),
 # CMAKE_ARGS (extra arguments for every configure), DEMO_ARGS, CC_FUZZ,
-# FUZZ_SECONDS (default 60), FUZZ_TARGETS (default: every fuzz/fuzz_*.c).
+# FUZZ_SECONDS (default 60), FUZZ_TARGETS (default: every fuzz/fuzz_*.c),
+# VALGRIND_TESTS (make valgrind), VALGRIND_QUICK (make test's slice; empty: none).
 
 # Every Debian package the build, the tests and (later) fuzzing need.
 TERN_PKGS ?= cmake pkg-config gcc make libuv1-dev libsodium-dev libcriterion-dev libjansson-dev \
-	clang
+	clang valgrind
 
 CMAKE ?= cmake
 CTEST ?= ctest
@@ -51,6 +55,14 @@ CTEST_FLAGS := --output-on-failure --no-tests=error -j$(CTEST_JOBS)
 SAN_ENV := ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 
+# valgrind memcheck (tests/valgrind.sh) over tests built in build/: `make
+# valgrind` runs VALGRIND_TESTS, `make test` the slice VALGRIND_QUICK (the
+# engine and the packet layer: what untrusted datagrams reach), which costs
+# about a minute on 2 cores. Logs go to build/valgrind/<test>/<pid>.log.
+VALGRIND_TESTS ?= test_kcp test_reasm $(sort $(patsubst tests/%.c,%,$(wildcard tests/test_crypto_*.c)))
+VALGRIND_QUICK ?= test_kcp test_crypto_packet test_crypto_replay
+VALGRIND_DIR := $(BUILD_DIR)/valgrind
+
 BENCH_NAMES := $(sort $(patsubst bench/%.c,%,$(wildcard bench/bench_*.c)))
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS ?= $(sort $(patsubst fuzz/fuzz_%.c,%,$(wildcard fuzz/fuzz_*.c)))
@@ -65,7 +77,7 @@ CMAKE_BUILD := env -u MAKELEVEL $(CMAKE) --build
 # One target at a time: demo, test, soak and bench all reconfigure build/.
 .NOTPARALLEL:
 .DEFAULT_GOAL := all
-.PHONY: all deps demo test soak bench fuzz format clean help
+.PHONY: all deps demo test soak bench fuzz valgrind format clean help
 
 all: deps
 	$(CMAKE) -S . -B $(BUILD_DIR) $(DEMO_ARGS_CMAKE) $(CMAKE_ARGS)
@@ -105,13 +117,20 @@ demo: deps
 	./$(BUILD_DIR)/tools/tern-demo $(DEMO_ARGS)
 
 # Both halves always report; the ASan half is skipped only when build/ did
-# not even build (it would fail the same way). Fails if either half failed.
+# not even build (it would fail the same way). Between them, when build/
+# passed, the valgrind slice (VALGRIND_QUICK) runs on its binaries. Fails if
+# any part failed.
 test: deps
-	@plain=ok; asan=ok; \
+	@plain=ok; asan=ok; vg=ok; \
 	echo "==> tern: build/ (-Werror)"; \
 	if ! $(CMAKE) -S . -B $(BUILD_DIR) $(TEST_ARGS_CMAKE) $(CMAKE_ARGS); then plain="configure failed"; \
 	elif ! $(CMAKE_BUILD) $(BUILD_DIR) -j$(JOBS); then plain="build failed"; \
 	elif ! $(CTEST) --test-dir $(BUILD_DIR) $(CTEST_FLAGS); then plain="tests failed"; \
+	fi; \
+	if [ "$$plain" != ok ]; then vg="skipped (build/ failed)"; \
+	elif [ -z "$(strip $(VALGRIND_QUICK))" ]; then vg="off"; \
+	else echo "==> tern: valgrind memcheck on build/: $(strip $(VALGRIND_QUICK))"; \
+	     sh tests/valgrind.sh $(BUILD_DIR) $(VALGRIND_DIR) $(VALGRIND_QUICK) || vg="failed"; \
 	fi; \
 	echo "==> tern: build-asan/ (ASan+UBSan, -Werror)"; \
 	case "$$plain" in \
@@ -121,10 +140,11 @@ test: deps
 	   elif ! env $(SAN_ENV) $(CTEST) --test-dir $(ASAN_DIR) $(CTEST_FLAGS); then asan="tests failed"; \
 	   fi;; \
 	esac; \
-	if [ "$$plain" = ok ] && [ "$$asan" = ok ]; then \
-	    echo "==> tern: make test PASSED (build/: ok; build-asan/ ASan+UBSan: ok)"; \
+	if [ "$$plain" = ok ] && [ "$$asan" = ok ] && { [ "$$vg" = ok ] || [ "$$vg" = off ]; }; then \
+	    echo "==> tern: make test PASSED (build/: ok; valgrind: $$vg; build-asan/ ASan+UBSan: ok)"; \
 	else \
-	    echo "==> tern: make test FAILED (build/: $$plain; build-asan/ ASan+UBSan: $$asan)" >&2; \
+	    echo "==> tern: make test FAILED (build/: $$plain; valgrind: $$vg;" \
+	         "build-asan/ ASan+UBSan: $$asan)" >&2; \
 	    exit 1; \
 	fi
 
@@ -179,6 +199,17 @@ fuzz: deps
 	done; \
 	if [ -n "$$failed" ]; then echo "==> tern: make fuzz FAILED:$$failed" >&2; exit 1; fi; \
 	echo "==> tern: make fuzz done ($(FUZZ_SECONDS) s per harness: $(FUZZ_TARGETS))"
+
+# Every test in VALGRIND_TESTS under memcheck, with leak checking; fails if
+# any process of any test reported an error (see tests/valgrind.sh).
+valgrind: deps
+	@st=ok; \
+	if ! $(CMAKE) -S . -B $(BUILD_DIR) $(TEST_ARGS_CMAKE) $(CMAKE_ARGS); then st="configure failed"; \
+	elif ! $(CMAKE_BUILD) $(BUILD_DIR) -j$(JOBS); then st="build failed"; \
+	elif ! sh tests/valgrind.sh $(BUILD_DIR) $(VALGRIND_DIR) $(VALGRIND_TESTS); then st="errors found"; \
+	fi; \
+	if [ "$$st" = ok ]; then echo "==> tern: make valgrind PASSED ($(words $(VALGRIND_TESTS)) programs)"; \
+	else echo "==> tern: make valgrind FAILED ($$st; logs in $(VALGRIND_DIR)/)" >&2; exit 1; fi
 
 # clang-format is not in TERN_PKGS (only developers need it), so no deps here.
 format:

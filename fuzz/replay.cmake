@@ -20,3 +20,8 @@ foreach(src ${TERN_FUZZ_REPLAY_SOURCES})
     COMMAND replay_${name} ${PROJECT_SOURCE_DIR}/fuzz/corpus/${name})
   set_tests_properties(fuzz_replay_${name} PROPERTIES TIMEOUT 300)
 endforeach()
+
+# tern-tunnel's option model lives in tools/ (with jansson).
+if(TARGET replay_tunnel_config)
+  target_link_libraries(replay_tunnel_config PRIVATE tern_tunnel_config)
+endif()

@@ -11,10 +11,14 @@ struct tern_sim_pair {
     uint64_t datagrams[2];
     bool integrity;
     uint64_t integrity_drops;
+    tern_sim_wrap_fn seal, open;
+    void *wrap_user;
+    uint64_t wrap_drops;
     /* One datagram in transit between a link and an engine: no allocation
      * per datagram, and big enough for any mtu an engine may use plus the
-     * integrity checksum. */
+     * integrity checksum. wbuf holds its wrapped form. */
     uint8_t buf[TERN_KCP_MTU_MAX + 8];
+    uint8_t wbuf[TERN_KCP_MTU_MAX + TERN_SIM_WRAP_MAX + 8];
 };
 
 /* FNV-1a: each step is a bijection of the state, so any single changed byte
@@ -52,6 +56,21 @@ void tern_sim_pair_set_integrity(tern_sim_pair *pair, bool on)
 uint64_t tern_sim_pair_integrity_drops(const tern_sim_pair *pair)
 {
     return pair ? pair->integrity_drops : 0;
+}
+
+void tern_sim_pair_set_wrap(tern_sim_pair *pair, tern_sim_wrap_fn seal, tern_sim_wrap_fn open,
+                            void *user)
+{
+    if (!pair)
+        return;
+    pair->seal = seal;
+    pair->open = open;
+    pair->wrap_user = user;
+}
+
+uint64_t tern_sim_pair_wrap_drops(const tern_sim_pair *pair)
+{
+    return pair ? pair->wrap_drops : 0;
 }
 
 /* Keeps the first failure: later ones are usually its consequences. */
@@ -147,19 +166,28 @@ int tern_sim_pair_flush(tern_sim_pair *pair)
     int err = 0;
     for (int side = 0; side < 2; side++) {
         for (;;) {
-            tern_ssize n = tern_kcp_write_pkt(pair->engine[side], pair->buf,
-                                              sizeof(pair->buf) - 8, pair->now);
+            tern_ssize n =
+                tern_kcp_write_pkt(pair->engine[side], pair->buf, sizeof(pair->buf) - 8, pair->now);
             if (n <= 0) {
                 note_error(&err, (int)n);
                 break;
             }
             pair->datagrams[side]++;
+            uint8_t *out = pair->buf;
+            if (pair->seal) {
+                n = pair->seal(pair->wrap_user, side, pair->buf, (size_t)n, pair->wbuf,
+                               sizeof(pair->wbuf) - 8, pair->now);
+                if (n < 0) {
+                    note_error(&err, (int)n);
+                    continue;
+                }
+                out = pair->wbuf;
+            }
             if (pair->integrity) {
-                put64(pair->buf + n, checksum(pair->buf, (size_t)n));
+                put64(out + n, checksum(out, (size_t)n));
                 n += 8;
             }
-            note_error(&err,
-                       tern_netsim_link_send(pair->link[side], pair->buf, (size_t)n, pair->now));
+            note_error(&err, tern_netsim_link_send(pair->link[side], out, (size_t)n, pair->now));
         }
     }
     return err;
@@ -168,10 +196,13 @@ int tern_sim_pair_flush(tern_sim_pair *pair)
 /* Hands every datagram due on from_side's link to the other engine. */
 static void deliver_due(tern_sim_pair *pair, int from_side, int *err)
 {
-    tern_kcp *to = pair->engine[other_side(from_side)];
+    int to_side = other_side(from_side);
+    tern_kcp *to = pair->engine[to_side];
+    /* Wrapped datagrams arrive in wbuf and are opened into buf. */
+    uint8_t *in = pair->open ? pair->wbuf : pair->buf;
+    size_t in_cap = pair->open ? sizeof(pair->wbuf) : sizeof(pair->buf);
     for (;;) {
-        tern_ssize n =
-            tern_netsim_link_recv(pair->link[from_side], pair->buf, sizeof(pair->buf), pair->now);
+        tern_ssize n = tern_netsim_link_recv(pair->link[from_side], in, in_cap, pair->now);
         if (n <= 0) {
             /* NOBUFS would mean a datagram larger than any engine writes:
              * report it rather than spin on it. */
@@ -179,11 +210,19 @@ static void deliver_due(tern_sim_pair *pair, int from_side, int *err)
             return;
         }
         if (pair->integrity) {
-            if (n < 8 || get64(pair->buf + n - 8) != checksum(pair->buf, (size_t)n - 8)) {
+            if (n < 8 || get64(in + n - 8) != checksum(in, (size_t)n - 8)) {
                 pair->integrity_drops++;
                 continue;
             }
             n -= 8;
+        }
+        if (pair->open) {
+            n = pair->open(pair->wrap_user, to_side, in, (size_t)n, pair->buf, sizeof(pair->buf),
+                           pair->now);
+            if (n < 0) {
+                pair->wrap_drops++;
+                continue;
+            }
         }
         int rc = tern_kcp_read_pkt(to, pair->buf, (size_t)n, pair->now);
         /* The link corrupts on purpose; the engine counts what it rejects. */

@@ -47,6 +47,23 @@ tern_ms tern_sim_pair_advance(tern_sim_pair *pair, tern_ms limit, int *err);
 void tern_sim_pair_set_integrity(tern_sim_pair *pair, bool on);
 uint64_t tern_sim_pair_integrity_drops(const tern_sim_pair *pair);
 
+/* Wraps every datagram between an engine and its link, as the crypto layer
+ * does between the engine and the socket: seal(user, side, ...) turns what
+ * engine `side` wrote (in, len) into what its link carries (into out, at
+ * most len + TERN_SIM_WRAP_MAX bytes); open(user, side, ...) turns what the
+ * link delivers to engine `side` back into what that engine reads. Each
+ * returns the output length; a negative open drops the datagram and counts
+ * it (tern_sim_pair_wrap_drops()), a negative seal is reported as an error
+ * by flush/advance. sim/ knows nothing of crypto: the soak tests plug the
+ * real AEAD in here. NULL, NULL: off (the default). With the integrity
+ * checksum on as well, it covers the sealed datagram. */
+#define TERN_SIM_WRAP_MAX 64
+typedef tern_ssize (*tern_sim_wrap_fn)(void *user, int side, const uint8_t *in, size_t len,
+                                       uint8_t *out, size_t cap, tern_ms now);
+void tern_sim_pair_set_wrap(tern_sim_pair *pair, tern_sim_wrap_fn seal, tern_sim_wrap_fn open,
+                            void *user);
+uint64_t tern_sim_pair_wrap_drops(const tern_sim_pair *pair);
+
 /* Datagrams each side has written so far. */
 uint64_t tern_sim_pair_datagrams(const tern_sim_pair *pair, int from_side);
 

@@ -28,6 +28,10 @@ void tern_endpoint_config_default(tern_endpoint_config *cfg)
     cfg->idle_timeout_ms = 30000;
     cfg->linger_ms = 5000;
     tern_ratelimit_config_default(&cfg->ratelimit);
+    /* The OS default (208 KiB on Linux) drops bursts of a 1024-segment
+     * window even on loopback; the kernel caps what it grants at
+     * net.core.rmem_max / wmem_max. */
+    cfg->sndbuf = cfg->rcvbuf = 4 << 20;
     cfg->dscp = -1;
 }
 

@@ -422,27 +422,44 @@ static bool peer_seen(const tern_session *s, uint32_t id)
     return (s->peer_seen[k / 64] >> (k % 64)) & 1U;
 }
 
-static void shift_seen(tern_session *s)
+/* Drops the n lowest ids of the window (peer_base and up) in one pass:
+ * O(words), whatever n is, so an id far ahead costs what a near one does. */
+static void shift_seen(tern_session *s, uint64_t n)
 {
-    /* Drop bit 0 (peer_base itself) and move the rest down by one. */
-    for (unsigned w = 0; w < TERN_PEER_SEEN_WORDS; w++) {
-        uint64_t next = w + 1 < TERN_PEER_SEEN_WORDS ? s->peer_seen[w + 1] : 0;
-        s->peer_seen[w] = (s->peer_seen[w] >> 1) | (next << 63);
+    const uint64_t span = TERN_PEER_SEEN_WORDS * 64U;
+    if (n >= span) {
+        memset(s->peer_seen, 0, sizeof(s->peer_seen));
+    } else {
+        unsigned words = (unsigned)(n / 64), bits = (unsigned)(n % 64);
+        for (unsigned w = 0; w < TERN_PEER_SEEN_WORDS; w++) {
+            unsigned from = w + words;
+            uint64_t lo = from < TERN_PEER_SEEN_WORDS ? s->peer_seen[from] : 0;
+            uint64_t hi = from + 1 < TERN_PEER_SEEN_WORDS ? s->peer_seen[from + 1] : 0;
+            s->peer_seen[w] = bits ? (lo >> bits) | (hi << (64 - bits)) : lo;
+        }
     }
-    s->peer_base += 2;
+    s->peer_base += (uint32_t)(2 * n);
 }
 
 static void mark_seen(tern_session *s, uint32_t id)
 {
     if (id < s->peer_base)
         return;
+    const uint64_t span = TERN_PEER_SEEN_WORDS * 64U;
+    uint64_t k = (id - s->peer_base) / 2;
     /* An id too far ahead: the ids skipped over count as opened and gone. */
-    while ((id - s->peer_base) / 2 >= TERN_PEER_SEEN_WORDS * 64)
-        shift_seen(s);
-    uint32_t k = (id - s->peer_base) / 2;
+    if (k >= span) {
+        shift_seen(s, k - span + 1);
+        k = span - 1;
+    }
     s->peer_seen[k / 64] |= UINT64_C(1) << (k % 64);
-    while (s->peer_seen[0] & 1U)
-        shift_seen(s);
+    /* Slide past the run of seen ids at the bottom. */
+    while (s->peer_seen[0] & 1U) {
+        uint64_t run = s->peer_seen[0] == UINT64_MAX
+                           ? 64U
+                           : (uint64_t)__builtin_ctzll(~s->peer_seen[0]);
+        shift_seen(s, run);
+    }
 }
 
 /* A stream the peer opened, made on its first sign of life: its first

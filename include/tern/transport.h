@@ -125,7 +125,8 @@ typedef struct tern_endpoint_config {
     /* Denial-of-service limits for the server side (see crypto_dos.h). */
     tern_ratelimit_config ratelimit;
 
-    /* Socket. 0/-1: leave the OS default. */
+    /* Socket. sndbuf/rcvbuf: bytes (default 4 MiB, capped by the kernel's
+     * net.core.[rw]mem_max), 0: leave the OS default. */
     int sndbuf, rcvbuf;
     int dscp;                     /* 0..63, -1: leave (default -1) */
     bool v6only;
