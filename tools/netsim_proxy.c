@@ -42,6 +42,10 @@
 #define DEFAULT_MAX_PENDING 4096
 #define MAX_PENDING_LIMIT 1000000
 #define DEFAULT_MAX_HELD (UINT64_C(64) << 20)
+/* Socket buffers: the OS default (208 KiB) overflows under one window-sized
+ * burst and would add drops the model did not choose. The kernel caps the
+ * request at net.core.[rw]mem_max. */
+#define DEFAULT_SOCKBUF (UINT64_C(4) << 20)
 #define DEFAULT_REORDER_MS 20
 #define DEFAULT_SEED 1
 #define NO_TIME UINT64_MAX
@@ -114,6 +118,7 @@ enum {
     OPT_IDLE_TIMEOUT,
     OPT_MAX_PENDING,
     OPT_MAX_HELD,
+    OPT_SOCKBUF,
     OPT_IMP_BASE = 512, /* + imp_id * N_SCOPES + scope */
 };
 
@@ -125,6 +130,7 @@ typedef struct options {
     uint64_t stats_ms, idle_ms;
     uint32_t max_clients, max_pending;
     uint64_t max_held;
+    uint64_t sockbuf;
     bool json;
 } options;
 
@@ -170,6 +176,7 @@ static void usage(FILE *f)
           "  --idle-timeout D       close a flow idle this long (default 60s; 0: never)\n"
           "  --max-pending N        datagrams held per link before drops (default 4096)\n"
           "  --max-held S           bytes held over all links before drops (default 64M)\n"
+          "  --sockbuf S            send and receive buffer of every socket (default 4M)\n"
           "  --stats-interval D     print counters to stderr every D (default 0: never)\n"
           "  --json                 counters as JSON objects instead of text\n"
           "  -h, --help             show this help and exit\n"
@@ -288,7 +295,7 @@ static void apply_impairment(tern_netsim_cfg *cfg, imp_id id, const imp_value *v
     }
 }
 
-#define N_FIXED_OPTS 11
+#define N_FIXED_OPTS 12
 #define N_OPTS (N_FIXED_OPTS + N_IMP * N_SCOPES + 1)
 
 /* The long options: the fixed ones, then --NAME, --up-NAME and --down-NAME
@@ -305,6 +312,7 @@ static void build_long_options(struct option *opts, char names[N_IMP][N_SCOPES][
         {"idle-timeout", required_argument, NULL, OPT_IDLE_TIMEOUT},
         {"max-pending", required_argument, NULL, OPT_MAX_PENDING},
         {"max-held", required_argument, NULL, OPT_MAX_HELD},
+        {"sockbuf", required_argument, NULL, OPT_SOCKBUF},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
     };
@@ -351,6 +359,7 @@ static int parse_args(int argc, char **argv, options *opt)
     opt->max_clients = DEFAULT_MAX_CLIENTS;
     opt->max_pending = DEFAULT_MAX_PENDING;
     opt->max_held = DEFAULT_MAX_HELD;
+    opt->sockbuf = DEFAULT_SOCKBUF;
 
     opterr = 0;
     while ((idx = -1, c = getopt_long(argc, argv, ":hV", longopts, &idx)) != -1) {
@@ -409,6 +418,13 @@ static int parse_args(int argc, char **argv, options *opt)
             break;
         case OPT_MAX_HELD:
             rc = tern_cli_parse_size(optarg, &opt->max_held);
+            if (rc < 0)
+                return bad_value(flag, optarg, rc, kind_expect[KIND_SIZE]);
+            break;
+        case OPT_SOCKBUF:
+            rc = tern_cli_parse_size(optarg, &opt->sockbuf);
+            if (rc == 0 && (opt->sockbuf == 0 || opt->sockbuf > INT32_MAX))
+                rc = TERN_ERR_RANGE;
             if (rc < 0)
                 return bad_value(flag, optarg, rc, kind_expect[KIND_SIZE]);
             break;
@@ -817,6 +833,15 @@ static void warn_open_error(proxy *px, const struct sockaddr *client, int err)
 
 /* A new client: an upstream socket connected to the server (so replies from
  * anyone else are ignored) and its two links. NULL if refused. */
+/* Best effort: a refused size leaves the OS default. */
+static void size_buffers(uv_udp_t *sock, uint64_t bytes)
+{
+    int v = (int)bytes;
+    (void)uv_recv_buffer_size((uv_handle_t *)sock, &v);
+    v = (int)bytes;
+    (void)uv_send_buffer_size((uv_handle_t *)sock, &v);
+}
+
 static flow *flow_open(proxy *px, const struct sockaddr *client)
 {
     if (px->open >= px->opt.max_clients)
@@ -848,8 +873,10 @@ static flow *flow_open(proxy *px, const struct sockaddr *client)
     }
     f->sock.data = f;
     rc = uv_udp_connect(&f->sock, (const struct sockaddr *)&px->opt.forward_addr);
-    if (rc == 0)
+    if (rc == 0) {
+        size_buffers(&f->sock, px->opt.sockbuf);
         rc = uv_udp_recv_start(&f->sock, on_alloc, on_server_recv);
+    }
     if (rc < 0) {
         tern_netsim_link_del(f->link[UP]);
         tern_netsim_link_del(f->link[DOWN]);
@@ -1126,8 +1153,10 @@ static int start(proxy *px)
 {
     char listen_name[TERN_CLI_ADDR_MAX], forward_name[TERN_CLI_ADDR_MAX];
     int rc = uv_udp_bind(&px->listen, (const struct sockaddr *)&px->opt.listen_addr, 0);
-    if (rc == 0)
+    if (rc == 0) {
+        size_buffers(&px->listen, px->opt.sockbuf);
         rc = uv_udp_recv_start(&px->listen, on_alloc, on_client_recv);
+    }
     if (rc == 0)
         rc = uv_signal_start(&px->sigint, on_signal, SIGINT);
     if (rc == 0)
