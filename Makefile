@@ -6,7 +6,8 @@
 #
 #   make demo    build build/ (RelWithDebInfo) and run build/tools/tern-demo
 #   make test    build/ with -Werror + ctest + a valgrind slice, then build-asan/
-#                (ASan+UBSan) + ctest
+#                (ASan+UBSan) + ctest, then every fuzz harness for
+#                FUZZ_QUICK_SECONDS (default 20) with libFuzzer
 #   make soak    as test's first half, with TERN_SOAK=1 (1000 seeds per test)
 #   make bench   build build/ in Release and run every benchmark
 #   make fuzz    build build-fuzz/ with clang + libFuzzer, run each harness FUZZ_SECONDS
@@ -18,11 +19,12 @@
 # Overridable: TERN_PKGS (package list), JOBS (build jobs, default nproc),
 # CMAKE_ARGS (extra arguments for every configure), DEMO_ARGS, CC_FUZZ,
 # FUZZ_SECONDS (default 60), FUZZ_TARGETS (default: every fuzz/fuzz_*.c),
-# VALGRIND_TESTS (make valgrind), VALGRIND_QUICK (make test's slice; empty: none).
+# VALGRIND_TESTS (make valgrind), VALGRIND_QUICK (make test's slice; empty: none),
+# FUZZ_QUICK_SECONDS (make test's libFuzzer slice; empty: none).
 
 # Every Debian package the build, the tests and (later) fuzzing need.
 TERN_PKGS ?= cmake pkg-config gcc make libuv1-dev libsodium-dev libcriterion-dev libjansson-dev \
-	clang valgrind
+	clang libclang-rt-14-dev valgrind
 
 CMAKE ?= cmake
 CTEST ?= ctest
@@ -62,6 +64,10 @@ SAN_ENV := ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 VALGRIND_TESTS ?= test_kcp test_reasm $(sort $(patsubst tests/%.c,%,$(wildcard tests/test_crypto_*.c)))
 VALGRIND_QUICK ?= test_kcp test_crypto_packet test_crypto_replay
 VALGRIND_DIR := $(BUILD_DIR)/valgrind
+
+# make test ends with a bounded libFuzzer slice: every harness for this many
+# seconds on its corpus (build-fuzz/, clang). Empty: off.
+FUZZ_QUICK_SECONDS ?= 20
 
 BENCH_NAMES := $(sort $(patsubst bench/%.c,%,$(wildcard bench/bench_*.c)))
 FUZZ_SECONDS ?= 60
@@ -140,11 +146,21 @@ test: deps
 	   elif ! env $(SAN_ENV) $(CTEST) --test-dir $(ASAN_DIR) $(CTEST_FLAGS); then asan="tests failed"; \
 	   fi;; \
 	esac; \
-	if [ "$$plain" = ok ] && [ "$$asan" = ok ] && { [ "$$vg" = ok ] || [ "$$vg" = off ]; }; then \
-	    echo "==> tern: make test PASSED (build/: ok; valgrind: $$vg; build-asan/ ASan+UBSan: ok)"; \
+	fz=off; \
+	if [ -n "$(strip $(FUZZ_QUICK_SECONDS))" ]; then \
+	    if [ "$$plain" = ok ] && [ "$$asan" = ok ]; then \
+	        echo "==> tern: libFuzzer slice, $(strip $(FUZZ_QUICK_SECONDS)) s per harness"; \
+	        if $(MAKE) --no-print-directory fuzz FUZZ_SECONDS=$(strip $(FUZZ_QUICK_SECONDS)); \
+	        then fz=ok; else fz=failed; fi; \
+	    else fz="skipped (a build failed)"; fi; \
+	fi; \
+	if [ "$$plain" = ok ] && [ "$$asan" = ok ] && { [ "$$vg" = ok ] || [ "$$vg" = off ]; } && \
+	   { [ "$$fz" = ok ] || [ "$$fz" = off ]; }; then \
+	    echo "==> tern: make test PASSED (build/: ok; valgrind: $$vg; build-asan/ ASan+UBSan: ok;" \
+	         "fuzz: $$fz)"; \
 	else \
 	    echo "==> tern: make test FAILED (build/: $$plain; valgrind: $$vg;" \
-	         "build-asan/ ASan+UBSan: $$asan)" >&2; \
+	         "build-asan/ ASan+UBSan: $$asan; fuzz: $$fz)" >&2; \
 	    exit 1; \
 	fi
 
