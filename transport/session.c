@@ -572,8 +572,18 @@ static void kcp_frame(tern_session *s, const tern_frame *f, tern_ms now)
     }
     tern_stream *st = tern_session_find_stream(s, conv);
     if (!st) {
-        if (conv > TERN_CONV_STREAM_MAX || !peer_opens(s, conv)) {
+        if (conv > TERN_CONV_STREAM_MAX) {
             s->stats.drop_malformed++;
+            return;
+        }
+        if (!peer_opens(s, conv)) {
+            /* One of ours, already freed: the peer is still retransmitting
+             * to it (our last ACKs were lost). Tell it to stop, or it keeps
+             * its share of the session's window forever. */
+            if (conv != 0 && conv < s->next_stream_id)
+                (void)tern_session_send_reset(s, conv, now);
+            else
+                s->stats.drop_malformed++;
             return;
         }
         if (peer_seen(s, conv)) {
