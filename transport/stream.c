@@ -100,8 +100,13 @@ void tern_stream_free(tern_stream *st)
 
 void tern_stream_pump(tern_stream *st, tern_ms now)
 {
-    while (st->wq_head && st->kcp) {
+    /* Only the writes queued before this call: a write callback that writes
+     * again (even zero bytes) must not keep this loop going forever. */
+    write_req *last = st->wq_tail;
+    bool last_done = false;
+    while (st->wq_head && st->kcp && !last_done) {
         write_req *w = st->wq_head;
+        last_done = w == last;
         while (w->index < w->nbufs) {
             const uv_buf_t *b = &w->bufs[w->index];
             size_t n = b->len - w->offset;
