@@ -7,7 +7,7 @@
 #   make demo    build build/ (RelWithDebInfo) and run build/tools/tern-demo
 #   make test    build/ with -Werror + ctest + a valgrind slice, then build-asan/
 #                (ASan+UBSan) + ctest, then every fuzz harness for
-#                FUZZ_QUICK_SECONDS (default 20) with libFuzzer
+#                FUZZ_QUICK_SECONDS (default 60) with libFuzzer, seed FUZZ_QUICK_SEED
 #   make soak    as test's first half, with TERN_SOAK=1 (1000 seeds per test)
 #   make bench   build build/ in Release and run every benchmark
 #   make fuzz    build build-fuzz/ with clang + libFuzzer, run each harness FUZZ_SECONDS
@@ -19,8 +19,9 @@
 # Overridable: TERN_PKGS (package list), JOBS (build jobs, default nproc),
 # CMAKE_ARGS (extra arguments for every configure), DEMO_ARGS, CC_FUZZ,
 # FUZZ_SECONDS (default 60), FUZZ_TARGETS (default: every fuzz/fuzz_*.c),
+# FUZZ_SEED (make fuzz's libFuzzer -seed; empty: a random one),
 # VALGRIND_TESTS (make valgrind), VALGRIND_QUICK (make test's slice; empty: none),
-# FUZZ_QUICK_SECONDS (make test's libFuzzer slice; empty: none).
+# FUZZ_QUICK_SECONDS (make test's libFuzzer slice; empty: none), FUZZ_QUICK_SEED.
 
 # Every Debian package the build, the tests and (later) fuzzing need.
 TERN_PKGS ?= cmake pkg-config gcc make libuv1-dev libsodium-dev libcriterion-dev libjansson-dev \
@@ -66,11 +67,17 @@ VALGRIND_QUICK ?= test_kcp test_crypto_packet test_crypto_replay
 VALGRIND_DIR := $(BUILD_DIR)/valgrind
 
 # make test ends with a bounded libFuzzer slice: every harness for this many
-# seconds on its corpus (build-fuzz/, clang). Empty: off.
-FUZZ_QUICK_SECONDS ?= 20
+# seconds on its corpus (build-fuzz/, clang). Empty: off. The slice uses a
+# fixed seed so that a CI run explores what the same run explored here (up to
+# the machine's speed): a gate should not fail at random on a new path that
+# no one has looked at; `make fuzz` keeps a random seed to find those.
+FUZZ_QUICK_SECONDS ?= 60
+FUZZ_QUICK_SEED ?= 1
 
 BENCH_NAMES := $(sort $(patsubst bench/%.c,%,$(wildcard bench/bench_*.c)))
 FUZZ_SECONDS ?= 60
+FUZZ_SEED ?=
+FUZZ_SEED_ARG = $(if $(strip $(FUZZ_SEED)),-seed=$(strip $(FUZZ_SEED)))
 FUZZ_TARGETS ?= $(sort $(patsubst fuzz/fuzz_%.c,%,$(wildcard fuzz/fuzz_*.c)))
 FORMAT_DIRS := $(wildcard include kcp crypto common netsim sim tests bench tools)
 
@@ -150,7 +157,8 @@ test: deps
 	if [ -n "$(strip $(FUZZ_QUICK_SECONDS))" ]; then \
 	    if [ "$$plain" = ok ] && [ "$$asan" = ok ]; then \
 	        echo "==> tern: libFuzzer slice, $(strip $(FUZZ_QUICK_SECONDS)) s per harness"; \
-	        if $(MAKE) --no-print-directory fuzz FUZZ_SECONDS=$(strip $(FUZZ_QUICK_SECONDS)); \
+	        if $(MAKE) --no-print-directory fuzz FUZZ_SECONDS=$(strip $(FUZZ_QUICK_SECONDS)) \
+	               FUZZ_SEED=$(strip $(FUZZ_QUICK_SEED)); \
 	        then fz=ok; else fz=failed; fi; \
 	    else fz="skipped (a build failed)"; fi; \
 	fi; \
@@ -206,7 +214,7 @@ fuzz: deps
 	    bin=$(FUZZ_DIR)/fuzz/fuzz_$$n; new=$(FUZZ_DIR)/fuzz/new/$$n; art=$(FUZZ_DIR)/fuzz/artifacts/$$n; \
 	    mkdir -p "$$new" "$$art" "fuzz/corpus/$$n"; \
 	    echo "==> tern: fuzz_$$n for $(FUZZ_SECONDS) s"; \
-	    if ! env $(SAN_ENV) "$$bin" -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	    if ! env $(SAN_ENV) "$$bin" -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 $(FUZZ_SEED_ARG) \
 	            -artifact_prefix="$$art/" "$$new" "fuzz/corpus/$$n"; then \
 	        echo "==> tern: fuzz_$$n FAILED; the input is in $$art/" >&2; \
 	        failed="$$failed $$n"; continue; \
