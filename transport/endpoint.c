@@ -206,6 +206,7 @@ static void notify_session_end(tern_session *s)
         if (!st->read_end) {
             st->read_end = status < 0 ? status : TERN_ERR_CANCELED;
             if (st->reading && st->read_cb && !st->app_closed) {
+                st->end_told = true;
                 uv_buf_t none = uv_buf_init(NULL, 0);
                 st->read_cb(st, st->read_end, &none);
             }

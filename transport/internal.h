@@ -56,7 +56,8 @@ struct tern_stream {
     void *shutdown_arg;
     bool fin_recv;
     uint64_t fin_size;
-    int read_end;                   /* 0, or the status delivered to read_cb */
+    int read_end;                   /* 0, or how the read side ended */
+    bool end_told;                  /* read_end reached read_cb (or the app caused it) */
 
     bool app_closed;                /* the application let go of it */
     bool reaped;                    /* close_cb ran (or will not) */

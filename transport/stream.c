@@ -146,15 +146,23 @@ void tern_stream_pump(tern_stream *st, tern_ms now)
     }
 }
 
+/* Reports the end of the read side once. A stream that ended while its
+ * reading was stopped keeps the status until read_start asks again. */
+static void tell_end(tern_stream *st)
+{
+    if (!st->read_end || st->end_told || !st->reading || !st->read_cb || st->app_closed)
+        return;
+    st->end_told = true;
+    uv_buf_t none = uv_buf_init(NULL, 0);
+    st->read_cb(st, st->read_end, &none);
+}
+
 static void end_read(tern_stream *st, int status)
 {
     if (st->read_end)
         return;
     st->read_end = status;
-    if (st->reading && st->read_cb && !st->app_closed) {
-        uv_buf_t none = uv_buf_init(NULL, 0);
-        st->read_cb(st, status, &none);
-    }
+    tell_end(st);
 }
 
 void tern_stream_deliver(tern_stream *st, tern_ms now)
@@ -191,8 +199,14 @@ void tern_stream_deliver(tern_stream *st, tern_ms now)
             st->read_cb(st, TERN_ERR_NOBUFS, &buf);
             break;
         }
-        if (n < 0)
+        if (n < 0) {
+            /* Not expected after peek_size. The read side ends with the
+             * error, which carries the buffer back. */
+            st->read_end = (int)n;
+            st->end_told = true;
+            st->read_cb(st, (ssize_t)n, &buf);
             break;
+        }
         drained = true;
         st->read_total += (uint64_t)n;
         st->read_cb(st, (ssize_t)n, &buf);
@@ -202,6 +216,8 @@ void tern_stream_deliver(tern_stream *st, tern_ms now)
     if (st->fin_recv && st->read_total >= st->fin_size && !st->read_end &&
         (st->reading || st->app_closed))
         end_read(st, TERN_ERR_EOF);
+    else
+        tell_end(st);
     if (drained)
         tern_ep_mark_dirty(s);
 }
@@ -324,12 +340,13 @@ int tern_stream_read_start(tern_stream *st, tern_alloc_cb alloc_cb, tern_read_cb
 {
     if (!st || !alloc_cb || !read_cb)
         return TERN_ERR_INVAL;
-    if (st->app_closed || st->read_end)
+    if (st->app_closed || (st->read_end && st->end_told))
         return TERN_ERR_CLOSED;
     st->alloc_cb = alloc_cb;
     st->read_cb = read_cb;
     st->reading = true;
-    /* Data may already wait: deliver it from the loop, not from here. */
+    /* Data, or the news of an end that came while reading was stopped,
+     * may already wait: deliver it from the loop, not from here. */
     tern_ep_mark_dirty(st->session);
     return 0;
 }
@@ -425,7 +442,10 @@ int tern_stream_reset(tern_stream *st)
     if (st->kcp && s->state != SESSION_DEAD && s->ep->cfg.security != TERN_SECURITY_KCP_COMPAT)
         (void)tern_session_send_reset(s, st->id, now);
     drop_engine(st);
-    st->read_end = st->read_end ? st->read_end : TERN_ERR_CANCELED;
+    if (!st->read_end) {
+        st->read_end = TERN_ERR_CANCELED;
+        st->end_told = true; /* the application asked for it */
+    }
     cancel_writes(st, TERN_ERR_CANCELED);
     return 0;
 }

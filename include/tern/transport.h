@@ -310,7 +310,9 @@ TERN_API void tern_session_get_stats(const tern_session *s, tern_session_stats *
  * NULL or len 0: no memory, reading pauses until read_start again); read_cb
  * gets nread > 0 bytes in buf, or TERN_ERR_EOF (the peer shut down its
  * side), TERN_ERR_RESET (the peer reset the stream), or the session's end
- * status; after a negative nread the callback is not called again. */
+ * status; after a negative nread the callback is not called again. Every
+ * buffer alloc_cb gave comes back through read_cb, with data or with the
+ * status that ends reading. */
 typedef void (*tern_alloc_cb)(tern_stream *st, size_t suggested, uv_buf_t *buf);
 typedef void (*tern_read_cb)(tern_stream *st, ssize_t nread, const uv_buf_t *buf);
 /* status 0 once every byte was handed to the engine (not yet acknowledged),
@@ -332,6 +334,10 @@ TERN_API void *tern_stream_get_data(const tern_stream *st);
 /* priority 0 (highest) .. TERN_PRIORITY_LEVELS-1; weight 1..1000. */
 TERN_API int tern_stream_set_priority(tern_stream *st, uint8_t priority, uint16_t weight);
 
+/* An end that came while reading was stopped (the peer's reset, say) is
+ * kept: the next read_start reports it to read_cb from the loop. CLOSED
+ * once the end was reported, after the application's own reset, or after
+ * close. */
 TERN_API int tern_stream_read_start(tern_stream *st, tern_alloc_cb alloc_cb, tern_read_cb read_cb);
 TERN_API int tern_stream_read_stop(tern_stream *st);
 /* Queues the bytes of bufs (not copied: they must stay valid until cb).
