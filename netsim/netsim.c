@@ -54,6 +54,7 @@ struct tern_netsim_link {
     uint64_t free_us;
     uint64_t free_frac;
     uint64_t next_seq;
+    uint64_t in_order_due_us; /* jitter_keeps_order: the latest copy not held back */
     held *heap;
     uint32_t heap_len;
     uint32_t heap_cap;
@@ -317,8 +318,15 @@ static void schedule_copy(tern_netsim_link *link, uint8_t *data, size_t len, uin
     uint64_t extra_ms = cfg->delay_ms;
     if (cfg->jitter_ms)
         extra_ms += rng_below(&link->rng, (uint64_t)cfg->jitter_ms + 1);
+    uint64_t due_us = sat_add(sent_us, extra_ms * US_PER_MS);
+    if (cfg->jitter_keeps_order) {
+        if (due_us < link->in_order_due_us)
+            due_us = link->in_order_due_us;
+        link->in_order_due_us = due_us;
+    }
+    /* A reorder hold comes on top and does not delay what follows. */
     if (rng_chance(&link->rng, cfg->reorder)) {
-        extra_ms += cfg->reorder_ms;
+        due_us = sat_add(due_us, (uint64_t)cfg->reorder_ms * US_PER_MS);
         link->stats.reordered++;
     }
     if (rng_chance(&link->rng, cfg->corrupt)) {
@@ -326,7 +334,6 @@ static void schedule_copy(tern_netsim_link *link, uint8_t *data, size_t len, uin
         data[bit / 8] ^= (uint8_t)(1u << (bit % 8));
         link->stats.corrupted++;
     }
-    uint64_t due_us = sat_add(sent_us, extra_ms * US_PER_MS);
     tern_ms due_ms = due_us / US_PER_MS + (due_us % US_PER_MS != 0);
     /* UINT64_MAX is how tern_netsim_link_next() says "nothing pending". */
     if (due_ms == UINT64_MAX)

@@ -55,12 +55,20 @@ static const char *const dir_names[2] = {"up", "down"};
 
 /* ---- Options ------------------------------------------------------------ */
 
-typedef enum imp_kind { KIND_PERCENT, KIND_DURATION, KIND_RATE, KIND_SIZE, KIND_BURST } imp_kind;
+typedef enum imp_kind {
+    KIND_PERCENT,
+    KIND_DURATION,
+    KIND_RATE,
+    KIND_SIZE,
+    KIND_BURST,
+    KIND_ORDER
+} imp_kind;
 
 typedef enum imp_id {
     IMP_LOSS,
     IMP_DELAY,
     IMP_JITTER,
+    IMP_JITTER_ORDER,
     IMP_REORDER,
     IMP_REORDER_DELAY,
     IMP_DUP,
@@ -80,6 +88,7 @@ static const impairment impairments[N_IMP] = {
     [IMP_LOSS] = {"loss", KIND_PERCENT},
     [IMP_DELAY] = {"delay", KIND_DURATION},
     [IMP_JITTER] = {"jitter", KIND_DURATION},
+    [IMP_JITTER_ORDER] = {"jitter-order", KIND_ORDER},
     [IMP_REORDER] = {"reorder", KIND_PERCENT},
     [IMP_REORDER_DELAY] = {"reorder-delay", KIND_DURATION},
     [IMP_DUP] = {"dup", KIND_PERCENT},
@@ -95,6 +104,7 @@ static const char *const kind_expect[] = {
     [KIND_RATE] = "a rate such as 10mbit or 2MB (bytes/s)",
     [KIND_SIZE] = "a size such as 64k or 4096",
     [KIND_BURST] = "P_GB,P_BG,LOSS_BAD, three percentages such as 1%,30%,50%",
+    [KIND_ORDER] = "keep or any",
 };
 
 /* Where a flag applies: --NAME to both directions, --up-NAME and
@@ -155,6 +165,9 @@ static void usage(FILE *f)
           "                         datagram, and the loss while bad\n"
           "  --delay D              one-way delay\n"
           "  --jitter D             extra delay, uniform in [0, D]\n"
+          "  --jitter-order O       any (default): each datagram draws its jitter alone, so\n"
+          "                         datagrams closer than D reorder, as with netem; keep:\n"
+          "                         jitter is queueing delay and never reorders\n"
           "  --reorder P            hold a datagram back by --reorder-delay (default 20ms)\n"
           "  --reorder-delay D\n"
           "  --dup P                deliver a second copy\n"
@@ -247,6 +260,15 @@ static int parse_impairment(imp_id id, const char *text, imp_value *v)
     case KIND_BURST:
         rc = parse_burst(text, v->p);
         break;
+    case KIND_ORDER:
+        rc = 0;
+        if (strcmp(text, "keep") == 0)
+            v->n = 1;
+        else if (strcmp(text, "any") == 0)
+            v->n = 0;
+        else
+            rc = TERN_ERR_INVAL;
+        break;
     default:
         rc = TERN_ERR_INVAL;
     }
@@ -266,6 +288,9 @@ static void apply_impairment(tern_netsim_cfg *cfg, imp_id id, const imp_value *v
         break;
     case IMP_JITTER:
         cfg->jitter_ms = (uint32_t)v->n;
+        break;
+    case IMP_JITTER_ORDER:
+        cfg->jitter_keeps_order = v->n != 0;
         break;
     case IMP_REORDER:
         cfg->reorder = v->p[0];
@@ -1120,7 +1145,8 @@ static void describe(const tern_netsim_cfg *c, char *buf, size_t cap)
     if (c->delay_ms)
         DESCRIBE(" delay %" PRIu32 "ms", c->delay_ms);
     if (c->jitter_ms)
-        DESCRIBE(" jitter %" PRIu32 "ms", c->jitter_ms);
+        DESCRIBE(" jitter %" PRIu32 "ms%s", c->jitter_ms,
+                 c->jitter_keeps_order ? " (keeps order)" : "");
     if (c->reorder > 0.0)
         DESCRIBE(" reorder %g%% (+%" PRIu32 "ms)", c->reorder * 100.0, c->reorder_ms);
     if (c->duplicate > 0.0)

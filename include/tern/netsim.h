@@ -11,6 +11,8 @@
 #ifndef TERN_NETSIM_H
 #define TERN_NETSIM_H
 
+#include <stdbool.h>
+
 #include "common.h"
 #include "error.h"
 
@@ -33,6 +35,11 @@ typedef struct tern_netsim_cfg {
     double ge_p_good_bad, ge_p_bad_good, ge_loss_bad;
     uint32_t delay_ms;        /* base one-way delay */
     uint32_t jitter_ms;       /* extra delay uniform in [0, jitter_ms] */
+    /* false: each datagram draws its jitter alone, so jitter also reorders
+     * (datagrams closer than jitter_ms swap places). true: jitter is
+     * queueing delay, as on most paths: a datagram never leaves before the
+     * one offered ahead of it, and only `reorder` reorders. */
+    bool jitter_keeps_order;
     double reorder;           /* probability of holding a datagram back by reorder_ms */
     uint32_t reorder_ms;
     double duplicate;         /* probability of delivering a second copy */
