@@ -56,21 +56,18 @@
 #include "bench/common.h"
 #include "tern/tern.h"
 #include "tools/perf_stats.h"
+#include "tools/proc.h"
+#include "tools/tcpload.h"
 
 #define PROG "bench_tunnel"
 #define EXIT_USAGE 2
 #define EXIT_RUNTIME 1
 
 #define PATH_CAP 4096
-#define LINE_CAP 1024       /* one stderr line of a child; longer ones are cut */
-#define OUT_CAP (1U << 16)  /* a child's stdout kept (tern-netsim's JSON) */
-#define CHUNK (64U << 10)   /* bulk bytes per TCP write */
-#define CHUNKS 4            /* bulk writes in flight */
-#define PROBE_SIZE 64       /* bytes per latency probe */
-#define KILL_AFTER_MS 3000  /* SIGTERM, then SIGKILL this much later */
-#define DRAIN_AFTER_MS 1000 /* after SIGKILL, how long to wait for the pipes */
-#define PATH_MAX_FD 320     /* "/proc/PID/fd/N" */
-#define POLL_MS 10          /* how often kcptun's sockets are looked for */
+#define OUT_CAP (1U << 16) /* a child's stdout kept (tern-netsim's JSON) */
+#define PROBE_SIZE TERN_TCPLOAD_PROBE_SIZE
+#define PATH_MAX_FD 320 /* "/proc/PID/fd/N" */
+#define POLL_MS 10      /* how often kcptun's sockets are looked for */
 #define PROBES_MAX 100000
 #define REPEAT_MAX 20
 #define MTU "1350"
@@ -120,55 +117,6 @@ static double cpu_total(const result *r)
 }
 
 /* ---- small helpers ---------------------------------------------------------------- */
-
-/* out = dir + "/" + name, cut to cap (dir names are bounded when parsed). */
-static void join_path(char *out, size_t cap, const char *dir, const char *name)
-{
-    size_t a = strlen(dir), b = strlen(name);
-    if (a > cap - 2)
-        a = cap - 2;
-    if (b > cap - 2 - a)
-        b = cap - 2 - a;
-    memcpy(out, dir, a);
-    out[a] = '/';
-    memcpy(out + a + 1, name, b);
-    out[a + 1 + b] = '\0';
-}
-
-static uint64_t fnv1a(uint64_t h, const uint8_t *p, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        h ^= p[i];
-        h *= 0x100000001b3ULL;
-    }
-    return h;
-}
-#define FNV_INIT 0xcbf29ce484222325ULL
-
-static void put_be64(uint8_t *p, uint64_t v)
-{
-    for (int i = 7; i >= 0; i--) {
-        p[i] = (uint8_t)v;
-        v >>= 8;
-    }
-}
-
-static uint64_t get_be64(const uint8_t *p)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++)
-        v = v << 8 | p[i];
-    return v;
-}
-
-/* xorshift64*: the bulk data, reproducible from --seed. */
-static uint64_t next_random(uint64_t *s)
-{
-    *s ^= *s >> 12;
-    *s ^= *s << 25;
-    *s ^= *s >> 27;
-    return *s * 0x2545F4914F6CDD1DULL;
-}
 
 /* utime + stime of a process, all its threads, in seconds; -1 when it is
  * gone. Fields 14 and 15 of /proc/PID/stat, counted after the ')' that
@@ -303,55 +251,9 @@ static uint16_t free_port(int type)
 typedef enum child_id { SERVER = 0, NETSIM, CLIENT, N_CHILDREN } child_id;
 static const char *const child_roles[N_CHILDREN] = {"server", "tern-netsim", "client"};
 
-typedef struct run run;
-
-typedef struct child {
-    run *r;
-    char name[64]; /* "kcptun server" */
-    uv_process_t proc;
-    uv_pipe_t out, err;
-    bool spawned, exited, killed, out_open, err_open;
-    bool is_kcptun;
-    int pid;
-    int64_t status;
-    int term_signal;
-    char line[LINE_CAP];
-    size_t line_len;
-    char last[LINE_CAP]; /* the last complete stderr line, for errors */
-    char *stdout_buf;    /* OUT_CAP bytes, NUL-terminated */
-    size_t stdout_len;
-    char rbuf[4096];
-    uint16_t port; /* where it listens */
-    bool ready, connected;
-    double cpu0; /* CPU seconds at the start of the measurement */
-} child;
-
-typedef struct sink_conn {
-    run *r;
-    uv_tcp_t tcp;
-    bool used;
-    char kind; /* 'B' bulk, 'E' echo: the connection's first byte */
-    uint8_t hdr[8];
-    size_t hdr_len;
-} sink_conn;
-
-typedef struct chunk {
-    uv_write_t req; /* first: the write callback casts back */
-    run *r;
-    uint8_t buf[CHUNK];
-} chunk;
-
-typedef struct probe_write {
-    uv_write_t req; /* first */
-    uint8_t buf[PROBE_SIZE];
-} probe_write;
-
-typedef struct echo_write {
-    uv_write_t req; /* first */
-    uv_buf_t buf;
-} echo_write;
-
 typedef enum phase { PH_SERVER = 0, PH_NETSIM, PH_CLIENT, PH_MEASURE, PH_STOP } phase;
+
+typedef struct run run;
 
 /* What every run shares: found once. */
 typedef struct shared {
@@ -376,40 +278,26 @@ struct run {
     int mode;
     double loss;
     uint64_t timeout_ms;
-    child ch[N_CHILDREN];
-    uv_tcp_t sink;
-    uint16_t sink_port;
-    sink_conn conns[2];
-    uv_tcp_t app_tcp;
-    uv_connect_t app_connect;
-    uv_write_t hdr_req;
-    uv_timer_t deadline, poll_timer, probe_timer, kill_timer;
+    tern_proc_group procs;   /* SERVER, NETSIM, CLIENT */
+    double cpu0[N_CHILDREN]; /* CPU seconds at the start of the measurement */
+    tern_tcpload load;       /* the target and one connection: bulk or probes */
+    uv_timer_t deadline, poll_timer;
     phase phase;
-    bool stopping, finished, killed_all, measured, failed, start_failed;
+    bool stopping, measured, failed, start_failed;
     char reason[512];
-
-    /* bulk */
-    uint64_t bulk_total, bulk_queued, bulk_got, sum_sent, sum_got, prng;
     uint64_t t0, t1; /* uv_hrtime(): the measured span */
-    bool bulk_done;
-    uint8_t bulk_hdr[9];
-    chunk chunks[CHUNKS];
-
-    /* probes */
-    uint64_t probes_sent, probes_got;
-    bool probes_done;
-    uint8_t probe_rx[PROBE_SIZE];
-    size_t probe_rx_len;
-    uint8_t *probe_seen;
-    tern_perf_stats rtt;
-
     result res;
-    uint8_t rbuf[CHUNK]; /* every TCP read lands here and is consumed at once */
 };
+
+static tern_proc *child(run *r, child_id id)
+{
+    return &r->procs.procs[id];
+}
 
 static void stop_all(run *r);
 
 /* Records the first failure (later ones are consequences) and stops. */
+static void fail(run *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void fail(run *r, const char *fmt, ...)
 {
     if (!r->failed) {
@@ -424,64 +312,15 @@ static void fail(run *r, const char *fmt, ...)
     stop_all(r);
 }
 
-static void close_handle(uv_handle_t *h)
-{
-    if (h->type != UV_UNKNOWN_HANDLE && !uv_is_closing(h))
-        uv_close(h, NULL);
-}
-
 /* ---- stopping ---- */
 
-static void finish(run *r)
+/* Every child is reaped: close the rest, and the run's uv_run() returns. */
+static void on_procs_done(void *data)
 {
-    if (r->finished)
-        return;
-    r->finished = true;
-    close_handle((uv_handle_t *)&r->sink);
-    for (size_t i = 0; i < 2; i++)
-        close_handle((uv_handle_t *)&r->conns[i].tcp);
-    close_handle((uv_handle_t *)&r->app_tcp);
-    close_handle((uv_handle_t *)&r->deadline);
-    close_handle((uv_handle_t *)&r->poll_timer);
-    close_handle((uv_handle_t *)&r->probe_timer);
-    close_handle((uv_handle_t *)&r->kill_timer);
-    for (int i = 0; i < N_CHILDREN; i++) {
-        close_handle((uv_handle_t *)&r->ch[i].out);
-        close_handle((uv_handle_t *)&r->ch[i].err);
-        close_handle((uv_handle_t *)&r->ch[i].proc);
-    }
-}
-
-/* Finishes once every child is reaped and has nothing more to say. */
-static void check_done(run *r)
-{
-    if (!r->stopping)
-        return;
-    for (int i = 0; i < N_CHILDREN; i++) {
-        const child *c = &r->ch[i];
-        if (c->spawned && (!c->exited || c->out_open || c->err_open))
-            return;
-    }
-    finish(r);
-}
-
-static void on_kill_timer(uv_timer_t *t)
-{
-    run *r = t->data;
-    if (r->killed_all) {
-        finish(r); /* pipes held open by some grandchild: stop waiting */
-        return;
-    }
-    r->killed_all = true;
-    for (int i = 0; i < N_CHILDREN; i++) {
-        child *c = &r->ch[i];
-        if (c->spawned && !c->exited) {
-            c->killed = true;
-            (void)uv_process_kill(&c->proc, SIGKILL);
-            fail(r, "%s did not exit within %d ms of SIGTERM; killed", c->name, KILL_AFTER_MS);
-        }
-    }
-    uv_timer_start(&r->kill_timer, on_kill_timer, DRAIN_AFTER_MS, 0);
+    run *r = data;
+    tern_tcpload_close(&r->load);
+    tern_proc_close_handle((uv_handle_t *)&r->deadline);
+    tern_proc_close_handle((uv_handle_t *)&r->poll_timer);
 }
 
 static void stop_all(run *r)
@@ -490,213 +329,31 @@ static void stop_all(run *r)
         return;
     r->stopping = true;
     r->phase = PH_STOP;
-    uv_timer_stop(&r->probe_timer);
+    tern_tcpload_stop(&r->load);
     uv_timer_stop(&r->deadline);
     uv_timer_stop(&r->poll_timer);
-    for (int i = 0; i < N_CHILDREN; i++) {
-        child *c = &r->ch[i];
-        if (c->spawned && !c->exited)
-            (void)uv_process_kill(&c->proc, SIGTERM);
-    }
-    uv_timer_start(&r->kill_timer, on_kill_timer, KILL_AFTER_MS, 0);
-    check_done(r);
+    tern_proc_group_stop(&r->procs);
 }
+
+/* What the children and the load report. */
+static void on_fail(void *data, const char *reason)
+{
+    fail(data, "%s", reason);
+}
+
+static void advance(void *data);
 
 /* ---- the children ---- */
-
-/* The port in "... listening on HOST:PORT[, (]...". */
-static uint16_t port_of(const char *line)
-{
-    const char *a = strstr(line, "listening on ");
-    if (!a)
-        return 0;
-    a += strlen("listening on ");
-    size_t n = strcspn(a, " ,\n");
-    const char *colon = NULL;
-    for (const char *q = a; q < a + n; q++)
-        if (*q == ':')
-            colon = q;
-    if (!colon || colon + 1 >= a + n || a + n - colon > 6)
-        return 0;
-    unsigned long port = 0;
-    for (const char *q = colon + 1; q < a + n; q++) {
-        if (*q < '0' || *q > '9')
-            return 0;
-        port = port * 10 + (unsigned long)(*q - '0');
-    }
-    return port >= 1 && port <= 65535 ? (uint16_t)port : 0;
-}
-
-static void advance(run *r);
-
-static void on_child_line(child *c, const char *line)
-{
-    run *r = c->r;
-    if (r->s->o.verbose)
-        fprintf(stderr, "  [%s] %s\n", c->name, line);
-    snprintf(c->last, sizeof(c->last), "%s", line);
-    if (r->stopping || c->is_kcptun)
-        return;
-    if (!c->ready && strstr(line, "listening on ")) {
-        c->port = port_of(line);
-        if (!c->port) {
-            fail(r, "%s: no port in its readiness line '%s'", c->name, line);
-            return;
-        }
-        c->ready = true;
-        advance(r);
-        return;
-    }
-    if (c == &r->ch[CLIENT]) {
-        if (strstr(line, "cannot connect to ")) {
-            fail(r, "the tunnel client cannot reach the server through the proxy: '%s'", line);
-        } else if (strstr(line, ": connected to ")) {
-            c->connected = true;
-            advance(r);
-        } else if (strstr(line, "session to ") && strstr(line, " ended")) {
-            fail(r, "the tunnel's session ended during the run: '%s'", line);
-        }
-    }
-}
-
-static void on_child_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
-{
-    (void)suggested;
-    child *c = h->data;
-    *buf = uv_buf_init(c->rbuf, sizeof(c->rbuf));
-}
-
-static void on_child_stderr(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
-{
-    child *c = st->data;
-    if (nread < 0) {
-        if (c->line_len) {
-            c->line[c->line_len] = '\0';
-            c->line_len = 0;
-            on_child_line(c, c->line);
-        }
-        c->err_open = false;
-        uv_close((uv_handle_t *)st, NULL);
-        check_done(c->r);
-        return;
-    }
-    for (ssize_t i = 0; i < nread; i++) {
-        char ch = buf->base[i];
-        if (ch == '\n') {
-            c->line[c->line_len] = '\0';
-            c->line_len = 0;
-            on_child_line(c, c->line);
-        } else if (c->line_len < sizeof(c->line) - 1) {
-            c->line[c->line_len++] = ch; /* longer lines are cut */
-        }
-    }
-}
-
-static void on_child_stdout(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
-{
-    child *c = st->data;
-    if (nread < 0) {
-        c->out_open = false;
-        uv_close((uv_handle_t *)st, NULL);
-        check_done(c->r);
-        return;
-    }
-    size_t room = OUT_CAP - 1 - c->stdout_len;
-    size_t n = (size_t)nread < room ? (size_t)nread : room; /* the rest is dropped */
-    memcpy(c->stdout_buf + c->stdout_len, buf->base, n);
-    c->stdout_len += n;
-    c->stdout_buf[c->stdout_len] = '\0';
-}
-
-static void describe_exit(const child *c, char *buf, size_t cap)
-{
-    if (c->term_signal)
-        snprintf(buf, cap, "killed by signal %d", c->term_signal);
-    else
-        snprintf(buf, cap, "exit %" PRId64, c->status);
-}
-
-static void on_child_exit(uv_process_t *p, int64_t status, int term_signal)
-{
-    child *c = p->data;
-    run *r = c->r;
-    c->exited = true;
-    c->status = status;
-    c->term_signal = term_signal;
-    uv_close((uv_handle_t *)p, NULL);
-    char how[64];
-    describe_exit(c, how, sizeof(how));
-    /* kcptun (Go) keeps SIGTERM's default action: dying of it is its clean stop. */
-    bool clean = (status == 0 && term_signal == 0) || (c->is_kcptun && term_signal == SIGTERM);
-    if (!r->stopping)
-        fail(r, "%s exited early (%s): '%s'", c->name, how, c->last);
-    else if (!c->killed && !clean)
-        fail(r, "%s ended badly after SIGTERM (%s): '%s'", c->name, how, c->last);
-    check_done(r);
-}
-
-/* args[0] is the program's path; args ends with NULL. */
-static int spawn_child(run *r, child_id id, char **args)
-{
-    child *c = &r->ch[id];
-    uv_loop_t *loop = &r->s->loop;
-    uv_pipe_init(loop, &c->out, 0);
-    uv_pipe_init(loop, &c->err, 0);
-    c->out.data = c->err.data = c->proc.data = c;
-    uv_stdio_container_t stdio[3];
-    stdio[0].flags = UV_IGNORE;
-    stdio[1].flags = (uv_stdio_flags)(UV_CREATE_PIPE | UV_WRITABLE_PIPE);
-    stdio[1].data.stream = (uv_stream_t *)&c->out;
-    stdio[2].flags = (uv_stdio_flags)(UV_CREATE_PIPE | UV_WRITABLE_PIPE);
-    stdio[2].data.stream = (uv_stream_t *)&c->err;
-    uv_process_options_t po;
-    memset(&po, 0, sizeof(po));
-    po.exit_cb = on_child_exit;
-    po.file = args[0];
-    po.args = args;
-    po.stdio = stdio;
-    po.stdio_count = 3;
-    int rc = uv_spawn(loop, &c->proc, &po);
-    if (rc < 0) {
-        /* The pipes were initialised: close them through the usual path. */
-        fail(r, "cannot start %s (%s): %s", c->name, args[0], uv_strerror(rc));
-        return rc;
-    }
-    c->spawned = true;
-    c->pid = c->proc.pid;
-    c->out_open = c->err_open = true;
-    uv_read_start((uv_stream_t *)&c->out, on_child_alloc, on_child_stdout);
-    uv_read_start((uv_stream_t *)&c->err, on_child_alloc, on_child_stderr);
-    return 0;
-}
-
-typedef struct argv_buf {
-    char *v[48];
-    int n;
-} argv_buf;
-
-static void add_arg(argv_buf *a, const char *s)
-{
-    if (a->n < (int)(sizeof(a->v) / sizeof(a->v[0])) - 1)
-        a->v[a->n++] = (char *)s;
-    a->v[a->n] = NULL;
-}
-
-static void add_args(argv_buf *a, const char *const *list)
-{
-    for (; *list; list++)
-        add_arg(a, *list);
-}
 
 static void spawn_server(run *r)
 {
     shared *s = r->s;
     char target[64], listen[64];
-    snprintf(target, sizeof(target), "127.0.0.1:%u", (unsigned)r->sink_port);
+    snprintf(target, sizeof(target), "127.0.0.1:%u", (unsigned)r->load.sink_port);
     const char *mode = mode_names[r->mode];
-    argv_buf a = {.n = 0};
+    tern_proc_args a = {.n = 0};
     if (r->line == LINE_KCPTUN) {
-        child *c = &r->ch[SERVER];
+        tern_proc *c = child(r, SERVER);
         c->port = free_port(SOCK_DGRAM);
         if (!c->port) {
             fail(r, "no free UDP port on 127.0.0.1 for the kcptun server");
@@ -727,45 +384,47 @@ static void spawn_server(run *r)
                                     SOCKBUF_KCPTUN,
                                     "--quiet",
                                     NULL};
-        add_args(&a, args);
+        tern_proc_args_add(&a, args);
     } else {
         const char *const args[] = {
             s->tern_tunnel, "server", "-l",        "127.0.0.1:0", "-t",   target,     "--mode",
             mode,           "--mtu",  MTU,         "--sndwnd",    WINDOW, "--rcvwnd", WINDOW,
             "--cc",         "none",   "--sockbuf", SOCKBUF_TERN,  NULL};
-        add_args(&a, args);
+        tern_proc_args_add(&a, args);
         if (r->line == LINE_NK) {
-            add_arg(&a, "--key-file");
-            add_arg(&a, s->key_path);
+            tern_proc_arg(&a, "--key-file");
+            tern_proc_arg(&a, s->key_path);
         } else {
-            add_arg(&a, "--insecure");
+            tern_proc_arg(&a, "--insecure");
         }
     }
-    (void)spawn_child(r, SERVER, a.v);
+    (void)tern_proc_spawn(child(r, SERVER), &a);
 }
 
 static void spawn_netsim(run *r)
 {
     char forward[64], loss[32], delay[32], seed[32];
-    snprintf(forward, sizeof(forward), "127.0.0.1:%u", (unsigned)r->ch[SERVER].port);
+    snprintf(forward, sizeof(forward), "127.0.0.1:%u", (unsigned)child(r, SERVER)->port);
     snprintf(loss, sizeof(loss), "%.4f%%", r->loss * 100.0);
     snprintf(delay, sizeof(delay), "%" PRIu64 "ms", r->s->o.delay_ms);
     snprintf(seed, sizeof(seed), "%" PRIu64, r->s->o.seed);
-    char *args[] = {
+    const char *const args[] = {
         r->s->tern_netsim, "--listen", "127.0.0.1:0", "--forward", forward,  "--loss", loss,
         "--delay",         delay,      "--seed",      seed,        "--json", NULL};
-    (void)spawn_child(r, NETSIM, args);
+    tern_proc_args a = {.n = 0};
+    tern_proc_args_add(&a, args);
+    (void)tern_proc_spawn(child(r, NETSIM), &a);
 }
 
 static void spawn_client(run *r)
 {
     shared *s = r->s;
     char remote[64], listen[64];
-    snprintf(remote, sizeof(remote), "127.0.0.1:%u", (unsigned)r->ch[NETSIM].port);
+    snprintf(remote, sizeof(remote), "127.0.0.1:%u", (unsigned)child(r, NETSIM)->port);
     const char *mode = mode_names[r->mode];
-    argv_buf a = {.n = 0};
+    tern_proc_args a = {.n = 0};
     if (r->line == LINE_KCPTUN) {
-        child *c = &r->ch[CLIENT];
+        tern_proc *c = child(r, CLIENT);
         c->port = free_port(SOCK_STREAM);
         if (!c->port) {
             fail(r, "no free TCP port on 127.0.0.1 for the kcptun client");
@@ -798,384 +457,82 @@ static void spawn_client(run *r)
                                     "1",
                                     "--quiet",
                                     NULL};
-        add_args(&a, args);
+        tern_proc_args_add(&a, args);
     } else {
         const char *const args[] = {
             s->tern_tunnel, "client", "-l",        "127.0.0.1:0", "-r",   remote,     "--mode",
             mode,           "--mtu",  MTU,         "--sndwnd",    WINDOW, "--rcvwnd", WINDOW,
             "--cc",         "none",   "--sockbuf", SOCKBUF_TERN,  NULL};
-        add_args(&a, args);
+        tern_proc_args_add(&a, args);
         if (r->line == LINE_NK) {
-            add_arg(&a, "--peer-key");
-            add_arg(&a, s->peer_key);
+            tern_proc_arg(&a, "--peer-key");
+            tern_proc_arg(&a, s->peer_key);
         } else {
-            add_arg(&a, "--insecure");
+            tern_proc_arg(&a, "--insecure");
         }
     }
-    (void)spawn_child(r, CLIENT, a.v);
+    (void)tern_proc_spawn(child(r, CLIENT), &a);
 }
 
-/* ---- the target: a bulk sink and an echo server ---- */
-
-static void on_tcp_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
-{
-    (void)suggested;
-    shared *s = h->loop->data;
-    run *r = s->current;
-    *buf = uv_buf_init((char *)r->rbuf, sizeof(r->rbuf));
-}
-
-static void on_echo_written(uv_write_t *req, int status)
-{
-    (void)status; /* a failed echo shows as a missing probe */
-    free(req);
-}
+/* ---- the measured span: from the connect to the last byte or echo ---- */
 
 static void mark_end(run *r)
 {
     r->t1 = uv_hrtime();
     for (int i = 0; i < N_CHILDREN; i++) {
-        double now = proc_cpu_s(r->ch[i].pid);
-        double used = now >= 0 && r->ch[i].cpu0 >= 0 ? now - r->ch[i].cpu0 : -1.0;
+        const tern_proc *c = child(r, (child_id)i);
+        double now = proc_cpu_s(c->pid);
+        double used = now >= 0 && r->cpu0[i] >= 0 ? now - r->cpu0[i] : -1.0;
         if (i == SERVER)
             r->res.cpu_server = used;
         else if (i == CLIENT)
             r->res.cpu_client = used;
         else
             r->res.cpu_netsim = used;
-        r->res.drops[i] = r->ch[i].spawned ? udp_drops_of(r->ch[i].pid) : -1;
+        r->res.drops[i] = c->spawned ? udp_drops_of(c->pid) : -1;
     }
     r->res.wall = (double)(r->t1 - r->t0) / 1e9;
 }
 
-static void mark_start(run *r)
+static void mark_start(void *data)
 {
+    run *r = data;
     r->t0 = uv_hrtime();
     for (int i = 0; i < N_CHILDREN; i++)
-        r->ch[i].cpu0 = proc_cpu_s(r->ch[i].pid);
+        r->cpu0[i] = proc_cpu_s(child(r, (child_id)i)->pid);
 }
 
-static void sink_bulk(sink_conn *sc, const uint8_t *p, size_t n)
+static void on_load_ended(void *data)
 {
-    run *r = sc->r;
-    while (n && sc->hdr_len < sizeof(sc->hdr)) {
-        sc->hdr[sc->hdr_len++] = *p++;
-        n--;
-        if (sc->hdr_len == sizeof(sc->hdr) && get_be64(sc->hdr) != r->bulk_total) {
-            fail(r, "the bulk connection's header arrived wrong: %" PRIu64 " bytes announced",
-                 get_be64(sc->hdr));
-            return;
-        }
-    }
-    if (!n)
-        return;
-    if (n > r->bulk_total - r->bulk_got) {
-        fail(r, "the sink received more than the %" PRIu64 " bytes sent", r->bulk_total);
-        return;
-    }
-    r->bulk_got += n;
-    r->sum_got = fnv1a(r->sum_got, p, n);
-    if (r->bulk_got == r->bulk_total) {
-        mark_end(r);
-        if (r->sum_got != r->sum_sent) {
-            fail(r, "bulk data corrupted: checksum %016" PRIx64 " received, %016" PRIx64 " sent",
-                 r->sum_got, r->sum_sent);
-            return;
-        }
-        r->bulk_done = true;
-        advance(r);
-    }
-}
-
-static void on_sink_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
-{
-    sink_conn *sc = st->data;
-    run *r = sc->r;
-    if (nread < 0) {
-        uv_read_stop(st);
-        if (!r->stopping &&
-            ((sc->kind == 'B' && !r->bulk_done) || (sc->kind == 'E' && !r->probes_done)))
-            fail(r, "the %s connection ended at the target: %s", sc->kind == 'B' ? "bulk" : "echo",
-                 uv_strerror((int)nread));
-        return;
-    }
-    const uint8_t *p = (const uint8_t *)buf->base;
-    size_t n = (size_t)nread;
-    if (n && !sc->kind) {
-        sc->kind = (char)p[0];
-        p++;
-        n--;
-        if (sc->kind != 'B' && sc->kind != 'E') {
-            fail(r, "a connection reached the target with an unknown first byte 0x%02x",
-                 (unsigned)(uint8_t)sc->kind);
-            return;
-        }
-    }
-    if (!n || r->stopping)
-        return;
-    if (sc->kind == 'B') {
-        sink_bulk(sc, p, n);
-        return;
-    }
-    echo_write *w = malloc(sizeof(*w) + n);
-    if (!w) {
-        fail(r, "out of memory");
-        return;
-    }
-    memcpy(w + 1, p, n);
-    w->buf = uv_buf_init((char *)(w + 1), (unsigned)n);
-    int rc = uv_write(&w->req, st, &w->buf, 1, on_echo_written);
-    if (rc < 0) {
-        free(w);
-        fail(r, "the echo server cannot write: %s", uv_strerror(rc));
-    }
-}
-
-static void on_sink_connection(uv_stream_t *server, int status)
-{
-    run *r = server->data;
-    if (status < 0) {
-        fail(r, "the target cannot accept: %s", uv_strerror(status));
-        return;
-    }
-    sink_conn *sc = NULL;
-    for (size_t i = 0; i < 2 && !sc; i++)
-        if (!r->conns[i].used)
-            sc = &r->conns[i];
-    if (!sc) {
-        fail(r, "the target got more connections than the one the bench made");
-        return;
-    }
-    sc->used = true;
-    sc->r = r;
-    uv_tcp_init(&r->s->loop, &sc->tcp);
-    sc->tcp.data = sc;
-    int rc = uv_accept(server, (uv_stream_t *)&sc->tcp);
-    if (rc == 0)
-        rc = uv_read_start((uv_stream_t *)&sc->tcp, on_tcp_alloc, on_sink_read);
-    if (rc < 0)
-        fail(r, "the target cannot accept: %s", uv_strerror(rc));
-}
-
-static int start_sink(run *r)
-{
-    struct sockaddr_in sin;
-    uv_ip4_addr("127.0.0.1", 0, &sin);
-    uv_tcp_init(&r->s->loop, &r->sink);
-    r->sink.data = r;
-    int rc = uv_tcp_bind(&r->sink, (const struct sockaddr *)&sin, 0);
-    if (rc == 0)
-        rc = uv_listen((uv_stream_t *)&r->sink, 8, on_sink_connection);
-    int len = sizeof(sin);
-    if (rc == 0)
-        rc = uv_tcp_getsockname(&r->sink, (struct sockaddr *)&sin, &len);
-    if (rc < 0) {
-        fail(r, "cannot listen on 127.0.0.1:0 for the tunnel's target: %s", uv_strerror(rc));
-        return rc;
-    }
-    r->sink_port = ntohs(sin.sin_port);
-    return 0;
-}
-
-/* ---- the applications: bulk sender and prober ---- */
-
-static void on_chunk_written(uv_write_t *req, int status);
-
-static void write_chunk(chunk *c)
-{
-    run *r = c->r;
-    if (r->stopping || r->bulk_queued >= r->bulk_total)
-        return;
-    uint64_t left = r->bulk_total - r->bulk_queued;
-    size_t n = left < CHUNK ? (size_t)left : CHUNK;
-    for (size_t i = 0; i < n; i += 8) {
-        uint64_t v = next_random(&r->prng);
-        for (size_t k = 0; k < 8 && i + k < n; k++)
-            c->buf[i + k] = (uint8_t)(v >> (8 * k));
-    }
-    r->sum_sent = fnv1a(r->sum_sent, c->buf, n);
-    r->bulk_queued += n;
-    uv_buf_t b = uv_buf_init((char *)c->buf, (unsigned)n);
-    int rc = uv_write(&c->req, (uv_stream_t *)&r->app_tcp, &b, 1, on_chunk_written);
-    if (rc < 0)
-        fail(r, "cannot write to the tunnel client: %s", uv_strerror(rc));
-}
-
-static void on_chunk_written(uv_write_t *req, int status)
-{
-    chunk *c = (chunk *)req;
-    run *r = c->r;
-    if (status < 0) {
-        if (!r->stopping)
-            fail(r, "the bulk connection to the tunnel client failed: %s", uv_strerror(status));
-        return;
-    }
-    write_chunk(c);
-}
-
-static void on_ignored_write(uv_write_t *req, int status)
-{
-    (void)req;
-    (void)status; /* a failure shows up in the data that never arrives */
-}
-
-static uint8_t probe_filler(uint64_t seq, size_t i)
-{
-    return (uint8_t)(seq * 31u + i * 7u + 1u);
-}
-
-static void on_probe_written(uv_write_t *req, int status)
-{
-    (void)status; /* a failure shows as a missing echo */
-    free(req);
-}
-
-static void send_probe(run *r)
-{
-    probe_write *w = malloc(sizeof(*w));
-    if (!w) {
-        fail(r, "out of memory");
-        return;
-    }
-    uint64_t seq = r->probes_sent++;
-    put_be64(w->buf, seq);
-    put_be64(w->buf + 8, uv_hrtime());
-    for (size_t i = 16; i < PROBE_SIZE; i++)
-        w->buf[i] = probe_filler(seq, i);
-    uv_buf_t b = uv_buf_init((char *)w->buf, PROBE_SIZE);
-    int rc = uv_write(&w->req, (uv_stream_t *)&r->app_tcp, &b, 1, on_probe_written);
-    if (rc < 0) {
-        free(w);
-        fail(r, "cannot send a probe: %s", uv_strerror(rc));
-    }
-}
-
-/* Sends every probe due by now: at --rate, counted from the first, so a
- * late timer catches up instead of drifting. */
-static void on_probe_tick(uv_timer_t *t)
-{
-    run *r = t->data;
-    uint64_t rate = r->s->o.rate, total = r->s->o.probes;
-    uint64_t due = (uv_hrtime() - r->t0) / 1000 * rate / 1000000 + 1;
-    if (due > total)
-        due = total;
-    while (!r->stopping && r->probes_sent < due)
-        send_probe(r);
-    if (r->probes_sent >= total)
-        uv_timer_stop(t);
-}
-
-static void probe_echoed(run *r, const uint8_t *m)
-{
-    uint64_t now = uv_hrtime();
-    uint64_t seq = get_be64(m), sent_at = get_be64(m + 8);
-    bool ok = seq < r->probes_sent && !r->probe_seen[seq] && sent_at <= now;
-    for (size_t i = 16; ok && i < PROBE_SIZE; i++)
-        ok = m[i] == probe_filler(seq, i);
-    if (!ok) {
-        fail(r, "probe echo %" PRIu64 " came back corrupted or twice", r->probes_got);
-        return;
-    }
-    r->probe_seen[seq] = 1;
-    r->probes_got++;
-    (void)tern_perf_stats_add(&r->rtt, (double)(now - sent_at) / 1e6);
-    if (r->probes_got == r->s->o.probes) {
-        mark_end(r);
-        r->probes_done = true;
-        advance(r);
-    }
-}
-
-static void on_app_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
-{
-    run *r = st->data;
-    bool probe = r->test == TEST_LATENCY;
-    if (nread < 0) {
-        uv_read_stop(st);
-        if (!r->stopping && (probe ? !r->probes_done : !r->bulk_done))
-            fail(r, "the tunnel client closed the %s connection: %s", probe ? "probe" : "bulk",
-                 uv_strerror((int)nread));
-        return;
-    }
-    if (!probe) {
-        if (nread > 0)
-            fail(r, "the bulk connection got %zd bytes back; the sink sends none", nread);
-        return;
-    }
-    for (ssize_t i = 0; i < nread && !r->stopping; i++) {
-        r->probe_rx[r->probe_rx_len++] = (uint8_t)buf->base[i];
-        if (r->probe_rx_len == PROBE_SIZE) {
-            r->probe_rx_len = 0;
-            probe_echoed(r, r->probe_rx);
-        }
-    }
-}
-
-static void on_app_connected(uv_connect_t *req, int status)
-{
-    run *r = req->data;
-    if (status < 0) {
-        if (!r->stopping)
-            fail(r, "cannot connect to the tunnel client: %s", uv_strerror(status));
-        return;
-    }
-    if (r->stopping)
-        return;
-    mark_start(r);
-    bool bulk = r->test != TEST_LATENCY;
-    r->bulk_hdr[0] = bulk ? 'B' : 'E';
-    put_be64(r->bulk_hdr + 1, r->bulk_total);
-    uv_buf_t b = uv_buf_init((char *)r->bulk_hdr, bulk ? sizeof(r->bulk_hdr) : 1);
-    int rc = uv_write(&r->hdr_req, (uv_stream_t *)&r->app_tcp, &b, 1, on_ignored_write);
-    if (rc == 0)
-        rc = uv_read_start((uv_stream_t *)&r->app_tcp, on_tcp_alloc, on_app_read);
-    if (rc < 0) {
-        fail(r, "cannot write to the tunnel client: %s", uv_strerror(rc));
-        return;
-    }
-    if (bulk) {
-        for (size_t i = 0; i < CHUNKS; i++)
-            write_chunk(&r->chunks[i]);
-    } else {
-        uint64_t every = 1000 / r->s->o.rate;
-        uv_timer_start(&r->probe_timer, on_probe_tick, 0, every ? every : 1);
-    }
-}
-
-static void start_load(run *r)
-{
-    struct sockaddr_in sin;
-    uv_ip4_addr("127.0.0.1", r->ch[CLIENT].port, &sin);
-    uv_tcp_init(&r->s->loop, &r->app_tcp);
-    r->app_tcp.data = r;
-    r->app_connect.data = r;
-    (void)uv_tcp_nodelay(&r->app_tcp, 1);
-    int rc = uv_tcp_connect(&r->app_connect, &r->app_tcp, (const struct sockaddr *)&sin,
-                            on_app_connected);
-    if (rc < 0)
-        fail(r, "cannot connect to the tunnel client: %s", uv_strerror(rc));
+    mark_end(data);
+    advance(data);
 }
 
 /* ---- the sequence ---- */
 
-static void advance(run *r)
+/* The next step, once the last one is done: the children's progress and
+ * the load's end come here. */
+static void advance(void *data)
 {
+    run *r = data;
     if (r->stopping)
         return;
-    if (r->phase == PH_SERVER && r->ch[SERVER].ready) {
+    if (r->phase == PH_SERVER && child(r, SERVER)->ready) {
         r->phase = PH_NETSIM;
         spawn_netsim(r);
     }
-    if (r->phase == PH_NETSIM && r->ch[NETSIM].ready && !r->stopping) {
+    if (r->phase == PH_NETSIM && child(r, NETSIM)->ready && !r->stopping) {
         r->phase = PH_CLIENT;
         spawn_client(r);
     }
-    if (r->phase == PH_CLIENT && r->ch[CLIENT].ready && r->ch[CLIENT].connected && !r->stopping) {
+    const tern_proc *cli = child(r, CLIENT);
+    if (r->phase == PH_CLIENT && cli->ready && cli->connected && !r->stopping) {
         r->phase = PH_MEASURE;
         uv_timer_stop(&r->poll_timer);
-        start_load(r);
+        (void)tern_tcpload_start(
+            &r->load, r->test == TEST_LATENCY ? TERN_TCPLOAD_PROBES : TERN_TCPLOAD_BULK, cli->port);
     }
-    if (r->phase == PH_MEASURE && (r->bulk_done || r->probes_done)) {
+    if (r->phase == PH_MEASURE && (r->load.bulk_done || r->load.probes_done)) {
         r->measured = true;
         stop_all(r);
     }
@@ -1185,10 +542,12 @@ static void advance(run *r)
 static void on_poll(uv_timer_t *t)
 {
     run *r = t->data;
-    child *srv = &r->ch[SERVER], *cli = &r->ch[CLIENT];
-    if (srv->is_kcptun && srv->spawned && !srv->ready && port_bound(false, srv->port))
+    tern_proc *srv = child(r, SERVER), *cli = child(r, CLIENT);
+    if (srv->kind == TERN_PROC_FOREIGN && srv->spawned && !srv->ready &&
+        port_bound(false, srv->port))
         srv->ready = true;
-    if (cli->is_kcptun && cli->spawned && !cli->ready && port_bound(true, cli->port))
+    if (cli->kind == TERN_PROC_FOREIGN && cli->spawned && !cli->ready &&
+        port_bound(true, cli->port))
         cli->ready = cli->connected = true; /* kcptun has no handshake */
     advance(r);
 }
@@ -1198,20 +557,20 @@ static void on_deadline(uv_timer_t *t)
     run *r = t->data;
     if (r->phase < PH_MEASURE) {
         fail(r, "did not start within %.1f s (waiting for the %s)", (double)r->timeout_ms / 1e3,
-             r->ch[r->phase == PH_SERVER   ? SERVER
-                   : r->phase == PH_NETSIM ? NETSIM
-                                           : CLIENT]
-                 .name);
+             child(r, r->phase == PH_SERVER   ? SERVER
+                      : r->phase == PH_NETSIM ? NETSIM
+                                              : CLIENT)
+                 ->name);
         return;
     }
     r->res.timed_out = true;
     mark_end(r);
     if (r->test == TEST_LATENCY)
         fail(r, "timed out after %.1f s: %" PRIu64 " of %" PRIu64 " probes echoed",
-             (double)r->timeout_ms / 1e3, r->probes_got, r->s->o.probes);
+             (double)r->timeout_ms / 1e3, r->load.probes_got, r->s->o.probes);
     else
         fail(r, "timed out after %.1f s: %" PRIu64 " of %" PRIu64 " bytes through",
-             (double)r->timeout_ms / 1e3, r->bulk_got, r->bulk_total);
+             (double)r->timeout_ms / 1e3, r->load.bulk_got, r->load.cfg.bulk_bytes);
 }
 
 static uint64_t json_u64(const json_t *o, const char *dir, const char *key)
@@ -1228,19 +587,19 @@ static void collect(run *r)
     res->ok = r->measured && !r->failed;
     snprintf(res->reason, sizeof(res->reason), "%s", r->failed ? r->reason : "");
     if (r->test != TEST_LATENCY) {
-        res->bytes = r->bulk_got;
+        res->bytes = r->load.bulk_got;
         res->seconds = res->wall;
-        res->mb_per_s = res->wall > 0 ? (double)r->bulk_got / res->wall / 1e6 : 0.0;
+        res->mb_per_s = res->wall > 0 ? (double)r->load.bulk_got / res->wall / 1e6 : 0.0;
     } else {
-        tern_perf_stats *st = &r->rtt;
-        res->echoed = r->probes_got;
+        tern_perf_stats *st = &r->load.rtt;
+        res->echoed = r->load.probes_got;
         res->p50 = tern_perf_stats_percentile(st, 50);
         res->p90 = tern_perf_stats_percentile(st, 90);
         res->p99 = tern_perf_stats_percentile(st, 99);
         res->pmax = tern_perf_stats_max(st);
         res->mean = tern_perf_stats_mean(st);
     }
-    child *ns = &r->ch[NETSIM];
+    const tern_proc *ns = child(r, NETSIM);
     json_t *j = ns->stdout_len ? json_loadb(ns->stdout_buf, ns->stdout_len, 0, NULL) : NULL;
     if (j) {
         res->up_dgrams = json_u64(j, "up", "offered");
@@ -1253,8 +612,9 @@ static void collect(run *r)
     }
 }
 
-/* Sets up a run on the shared loop; the loop then runs until it is done. */
-static void run_init(run *r, shared *s, line_id line, test_id test, int mode)
+/* Sets up a run on the shared loop; the loop then runs until it is done.
+ * 0, or a negative TERN_ERR_* before any handle exists. */
+static int run_init(run *r, shared *s, line_id line, test_id test, int mode)
 {
     memset(r, 0, sizeof(*r));
     r->s = s;
@@ -1262,63 +622,61 @@ static void run_init(run *r, shared *s, line_id line, test_id test, int mode)
     r->test = test;
     r->mode = mode;
     const options *o = &s->o;
+    uv_loop_t *loop = &s->loop;
+    tern_proc_config pc = {.n = N_CHILDREN, .stdout_cap = OUT_CAP, .verbose = o->verbose};
+    pc.cbs = (tern_proc_cbs){on_fail, advance, on_procs_done};
+    int rc = tern_proc_group_init(&r->procs, loop, &pc, NULL, r);
+    if (rc < 0)
+        return rc;
     r->loss = test == TEST_BULK0 ? 0.0 : test == TEST_BULK ? o->loss : o->latency_loss;
     r->timeout_ms = o->timeout_ms;
     if (test == TEST_LATENCY) /* the probes' own time, plus the same margin */
         r->timeout_ms += o->probes * 1000 / o->rate;
-    uv_loop_t *loop = &s->loop;
     uv_timer_init(loop, &r->deadline);
     uv_timer_init(loop, &r->poll_timer);
-    uv_timer_init(loop, &r->probe_timer);
-    uv_timer_init(loop, &r->kill_timer);
-    r->deadline.data = r->poll_timer.data = r->probe_timer.data = r->kill_timer.data = r;
+    r->deadline.data = r->poll_timer.data = r;
     for (int i = 0; i < N_CHILDREN; i++) {
-        child *c = &r->ch[i];
-        c->r = r;
-        c->is_kcptun = line == LINE_KCPTUN && i != NETSIM;
+        bool kcptun = line == LINE_KCPTUN && i != NETSIM;
+        char name[TERN_PROC_NAME_CAP];
         if (i == NETSIM)
-            snprintf(c->name, sizeof(c->name), "tern-netsim");
+            snprintf(name, sizeof(name), "tern-netsim");
         else
-            snprintf(c->name, sizeof(c->name), "%s %s",
-                     line == LINE_KCPTUN ? "kcptun" : "tern-tunnel", child_roles[i]);
-        c->cpu0 = -1.0;
+            snprintf(name, sizeof(name), "%s %s", kcptun ? "kcptun" : "tern-tunnel",
+                     child_roles[i]);
+        tern_proc_set(child(r, (child_id)i), name,
+                      kcptun        ? TERN_PROC_FOREIGN
+                      : i == CLIENT ? TERN_PROC_TUNNEL_CLIENT
+                                    : TERN_PROC_LISTENER);
+        r->cpu0[i] = -1.0;
     }
-    r->bulk_total = o->megabytes << 20;
-    r->sum_sent = r->sum_got = FNV_INIT;
-    r->prng = o->seed * 0x9E3779B97F4A7C15ULL + 0x632BE59BD9B4E019ULL;
-    for (size_t i = 0; i < CHUNKS; i++)
-        r->chunks[i].r = r;
+    return 0;
 }
 
-/* One run, start to reaped. Returns 0, or -1 for out of memory. */
-static int run_one(shared *s, run *r)
+/* One run, start to reaped. */
+static void run_one(shared *s, run *r)
 {
     s->current = r;
-    for (int i = 0; i < N_CHILDREN; i++) {
-        r->ch[i].stdout_buf = calloc(OUT_CAP, 1);
-        if (!r->ch[i].stdout_buf)
-            fail(r, "out of memory");
-    }
-    if (r->test == TEST_LATENCY) {
-        r->probe_seen = calloc((size_t)s->o.probes, 1);
-        if (!r->probe_seen || tern_perf_stats_init(&r->rtt, (size_t)s->o.probes, NULL) != 0)
-            fail(r, "out of memory");
-    }
+    const options *o = &s->o;
+    tern_tcpload_config lc = {.bulk_bytes = o->megabytes << 20,
+                              .seed = o->seed,
+                              .probes = r->test == TEST_LATENCY ? o->probes : 0,
+                              .rate = o->rate};
+    lc.cbs = (tern_tcpload_cbs){on_fail, on_load_ended, mark_start, NULL};
+    int rc = tern_tcpload_init(&r->load, &s->loop, &lc, NULL, r);
+    if (rc < 0)
+        fail(r, "%s", tern_strerror(rc));
     uv_timer_start(&r->deadline, on_deadline, r->timeout_ms, 0);
     if (r->line == LINE_KCPTUN)
         uv_timer_start(&r->poll_timer, on_poll, POLL_MS, POLL_MS);
-    if (!r->failed && start_sink(r) == 0)
+    if (!r->failed && tern_tcpload_listen(&r->load) == 0)
         spawn_server(r);
     if (r->failed)
         stop_all(r);
     uv_run(&s->loop, UV_RUN_DEFAULT);
     collect(r);
-    for (int i = 0; i < N_CHILDREN; i++)
-        free(r->ch[i].stdout_buf);
-    free(r->probe_seen);
-    tern_perf_stats_free(&r->rtt);
+    tern_proc_group_free(&r->procs);
+    tern_tcpload_free(&r->load);
     s->current = NULL;
-    return 0;
 }
 
 static void on_signal(uv_signal_t *h, int signum)
@@ -1368,25 +726,11 @@ static void machine_init(void)
         snprintf(host.kernel, sizeof(host.kernel), "%s", u.release);
 }
 
-/* The directory holding this program, from /proc/self/exe. */
-static int exe_dir(char *out, size_t cap)
-{
-    ssize_t n = readlink("/proc/self/exe", out, cap - 1);
-    if (n <= 0)
-        return -1;
-    out[n] = '\0';
-    char *slash = strrchr(out, '/');
-    if (!slash)
-        return -1;
-    *slash = '\0';
-    return 0;
-}
-
 /* name in dir, or (dir "") the first executable one on $PATH. */
 static bool find_program(const char *dir, const char *name, char *out, size_t cap)
 {
     if (dir[0]) {
-        join_path(out, cap, dir, name);
+        tern_proc_join_path(out, cap, dir, name);
         return access(out, X_OK) == 0;
     }
     const char *path = getenv("PATH");
@@ -1398,7 +742,7 @@ static bool find_program(const char *dir, const char *name, char *out, size_t ca
             char d[PATH_CAP];
             memcpy(d, path, n);
             d[n] = '\0';
-            join_path(out, cap, d, name);
+            tern_proc_join_path(out, cap, d, name);
             if (access(out, X_OK) == 0)
                 return true;
         }
@@ -1421,7 +765,7 @@ static int make_keys(shared *s)
         s->tmp[0] = '\0';
         return -1;
     }
-    join_path(s->key_path, sizeof(s->key_path), s->tmp, "server.key");
+    tern_proc_join_path(s->key_path, sizeof(s->key_path), s->tmp, "server.key");
     tern_keypair kp;
     char err[256] = "";
     int rc = tern_crypto_init();
@@ -1963,7 +1307,7 @@ static int parse_args(int argc, char **argv, options *o)
     }
     if (!have_bin) {
         char exe[PATH_CAP];
-        if (exe_dir(exe, sizeof(exe) - 16) != 0) {
+        if (tern_proc_exe_dir(exe, sizeof(exe) - 16) != 0) {
             fprintf(stderr, PROG ": cannot find this program's directory (/proc/self/exe); "
                                  "give --bindir\n");
             return EXIT_RUNTIME;
@@ -1972,7 +1316,7 @@ static int parse_args(int argc, char **argv, options *o)
         char *slash = strrchr(exe, '/');
         if (slash && slash != exe)
             *slash = '\0';
-        join_path(o->bindir, sizeof(o->bindir), exe, "tools");
+        tern_proc_join_path(o->bindir, sizeof(o->bindir), exe, "tools");
     }
     return -1;
 }
@@ -2018,8 +1362,14 @@ static void run_cell(bench *b, run *r, unsigned rep, int mode, test_id test, lin
 {
     shared *s = &b->s;
     for (int attempt = 0; attempt < 3; attempt++) {
-        run_init(r, s, line, test, mode);
-        (void)run_one(s, r);
+        int rc = run_init(r, s, line, test, mode);
+        if (rc < 0) {
+            r->res.ran = true;
+            snprintf(r->res.reason, sizeof(r->res.reason), "cannot set up the run: %s",
+                     tern_strerror(rc));
+            break;
+        }
+        run_one(s, r);
         if (!r->start_failed || s->interrupted)
             break;
         if (attempt < 2)
@@ -2098,8 +1448,8 @@ static int setup(bench *b)
 {
     shared *s = &b->s;
     options *o = &s->o;
-    join_path(s->tern_tunnel, sizeof(s->tern_tunnel), o->bindir, "tern-tunnel");
-    join_path(s->tern_netsim, sizeof(s->tern_netsim), o->bindir, "tern-netsim");
+    tern_proc_join_path(s->tern_tunnel, sizeof(s->tern_tunnel), o->bindir, "tern-tunnel");
+    tern_proc_join_path(s->tern_netsim, sizeof(s->tern_netsim), o->bindir, "tern-netsim");
     if (access(s->tern_tunnel, X_OK) != 0 || access(s->tern_netsim, X_OK) != 0) {
         fprintf(stderr,
                 PROG ": cannot run %s and %s: %s (build them, or name their directory with "
