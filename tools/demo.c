@@ -62,7 +62,7 @@ typedef struct options {
     uint64_t megabytes, probes, rate, seed, window;
     double loss;
     uint64_t delay_ms, jitter_ms, timeout_ms;
-    const char *mode, *cc;
+    const char *mode, *cc, *jitter_order;
     bool parallel, verbose, sim;
     char bindir[PATH_CAP], out_dir[PATH_CAP];
 } options;
@@ -86,6 +86,9 @@ static void usage(FILE *f)
             "  --loss P           independent loss (default 2%%)\n"
             "  --delay D          one-way delay (default 20ms: a 40 ms round trip)\n"
             "  --jitter D         extra delay, uniform in [0, D] (default 5ms)\n"
+            "  --jitter-order O   keep (default): jitter is queueing delay and keeps the\n"
+            "                     datagrams in order, as on most paths; any: each datagram\n"
+            "                     draws its own, so those closer than D reorder (as netem)\n"
             "  --seed N           the proxy's random seed (default 1)\n"
             "The tunnel (tern-tunnel, both ends):\n"
             "  --mode M           normal, fast, fast2, fast3 (default) or turbo\n"
@@ -137,6 +140,7 @@ enum {
     OPT_LOSS,
     OPT_DELAY,
     OPT_JITTER,
+    OPT_JITTER_ORDER,
     OPT_SEED,
     OPT_MODE,
     OPT_CC,
@@ -158,6 +162,7 @@ static int parse_args(int argc, char **argv, options *o)
         {"loss", required_argument, NULL, OPT_LOSS},
         {"delay", required_argument, NULL, OPT_DELAY},
         {"jitter", required_argument, NULL, OPT_JITTER},
+        {"jitter-order", required_argument, NULL, OPT_JITTER_ORDER},
         {"seed", required_argument, NULL, OPT_SEED},
         {"mode", required_argument, NULL, OPT_MODE},
         {"cc", required_argument, NULL, OPT_CC},
@@ -179,6 +184,7 @@ static int parse_args(int argc, char **argv, options *o)
     o->loss = 0.02;
     o->delay_ms = 20;
     o->jitter_ms = 5;
+    o->jitter_order = "keep";
     o->seed = 1;
     o->window = 1024;
     o->timeout_ms = 50000;
@@ -217,6 +223,11 @@ static int parse_args(int argc, char **argv, options *o)
             if (rc < 0 || (c == OPT_DELAY ? o->delay_ms : o->jitter_ms) > 5000)
                 return bad_value(c == OPT_DELAY ? "delay" : "jitter", optarg,
                                  "expected a duration up to 5s, such as 20ms");
+            break;
+        case OPT_JITTER_ORDER:
+            if (strcmp(optarg, "keep") != 0 && strcmp(optarg, "any") != 0)
+                return bad_value("jitter-order", optarg, "expected keep or any");
+            o->jitter_order = optarg;
             break;
         case OPT_SEED:
             rc = tern_cli_parse_u64(optarg, 0, UINT64_MAX, &o->seed);
@@ -457,9 +468,11 @@ static void spawn_netsim(demo *d)
     snprintf(delay, sizeof(delay), "%" PRIu64 "ms", d->o.delay_ms);
     snprintf(jitter, sizeof(jitter), "%" PRIu64 "ms", d->o.jitter_ms);
     snprintf(seed, sizeof(seed), "%" PRIu64, d->o.seed);
-    const char *const args[] = {bin,      "--listen", "127.0.0.1:0", "--forward", forward,
-                                "--loss", loss,       "--delay",     delay,       "--jitter",
-                                jitter,   "--seed",   seed,          "--json",    NULL};
+    const char *const args[] = {bin,      "--listen", "127.0.0.1:0",    "--forward",
+                                forward,  "--loss",   loss,             "--delay",
+                                delay,    "--jitter", jitter,           "--jitter-order",
+                                d->o.jitter_order,    "--seed",         seed,
+                                "--json", NULL};
     tern_proc_args a = {.n = 0};
     tern_proc_args_add(&a, args);
     (void)tern_proc_spawn(child(d, NETSIM), &a);
@@ -771,14 +784,14 @@ static int report(demo *d)
     char sum[24];
     snprintf(sum, sizeof(sum), "%016" PRIx64, l->sum_got);
     json_t *root = json_pack(
-        "{s:s, s:s, s:{s:f, s:I, s:I, s:I, s:I}, s:{s:s, s:s, s:I, s:s}, "
+        "{s:s, s:s, s:{s:f, s:I, s:I, s:s, s:I, s:I}, s:{s:s, s:s, s:I, s:s}, "
         "s:{s:I, s:f, s:f, s:f, s:s, s:s, s:b, s:o}, "
         "s:{s:I, s:i, s:I, s:I, s:b, s:{s:f, s:f, s:f, s:f, s:f, s:f, s:f}, s:f}, "
         "s:o, s:o, s:o, s:o, s:{s:s, s:s}}",
         "tool", PROG, "version", TERN_VERSION_STRING,
         /* path */
         "path", "loss", d->o.loss, "delay_ms", (json_int_t)d->o.delay_ms, "jitter_ms",
-        (json_int_t)d->o.jitter_ms, "rtt_ms", (json_int_t)(2 * d->o.delay_ms), "seed",
+        (json_int_t)d->o.jitter_ms, "jitter_order", d->o.jitter_order, "rtt_ms", (json_int_t)(2 * d->o.delay_ms), "seed",
         (json_int_t)d->o.seed,
         /* tunnel */
         "tunnel", "mode", d->o.mode, "cc", d->o.cc, "window", (json_int_t)d->o.window, "security",
@@ -844,8 +857,9 @@ static void print_header(const demo *d)
     printf("tern %s demo: tern-tunnel through tern-netsim, all on 127.0.0.1\n",
            TERN_VERSION_STRING);
     printf("  path    %.4g%% loss, %" PRIu64 " ms delay each way (%" PRIu64 " ms RTT), %" PRIu64
-           " ms jitter, seed %" PRIu64 "\n",
-           o->loss * 100.0, o->delay_ms, 2 * o->delay_ms, o->jitter_ms, o->seed);
+           " ms jitter (%s), seed %" PRIu64 "\n",
+           o->loss * 100.0, o->delay_ms, 2 * o->delay_ms, o->jitter_ms,
+           strcmp(o->jitter_order, "keep") == 0 ? "keeps order" : "reorders", o->seed);
     printf("  tunnel  preset %s, cc %s, windows %" PRIu64 ", Noise NK with a fresh key pair\n",
            o->mode, o->cc, o->window);
     printf("  load    %" PRIu64 " MiB on one TCP connection, %s %" PRIu64 " probes of %d bytes "
