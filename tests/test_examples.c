@@ -15,9 +15,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <netinet/in.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -26,213 +24,31 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
+
+#include "tool_util.h"
 
 #if !defined(TERN_ECHO_SERVER_BIN) || !defined(TERN_ECHO_CLIENT_BIN) || !defined(TERN_GAME_LOOP_BIN)
 #error "the example programs' paths come from tests/CMakeLists.txt"
 #endif /* TERN_*_BIN */
 
-#define OUT_MAX 65536
-#define MAX_ARGS 24
-#define MAX_PROCS 4
 #define START_MS 5000
 #define EXIT_MS 8000
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* ---- running programs ---------------------------------------------------- */
 
-typedef struct proc {
-    const char *name;
-    pid_t pid;
-    int in_fd;          /* its standard input, when a pipe; -1 otherwise */
-    int out_fd, err_fd; /* -1 at end of file */
-    char out[OUT_MAX], err[OUT_MAX];
-    size_t out_len, err_len;
-    bool reaped;
-    int status; /* exit status once reaped, -1 if it did not exit normally */
-} proc;
-
-/* Every running program, drained together so that none blocks on a full
- * pipe while the test waits for another. */
-static proc *running[MAX_PROCS];
-static size_t n_running;
-
-static void set_cloexec(int fd)
-{
-    cr_assert_eq(fcntl(fd, F_SETFD, FD_CLOEXEC), 0);
-}
+typedef tool_proc proc;
 
 /* Starts bin with args (NULL-terminated). Standard input is a pipe the test
  * writes to if stdin_pipe, else /dev/null. */
 static void spawn(proc *p, const char *bin, const char *const *args, bool stdin_pipe)
 {
-    char *argv[MAX_ARGS + 2];
-    int argc = 0;
-    argv[argc++] = (char *)bin;
-    for (; args[argc - 1]; argc++) {
-        cr_assert_lt(argc, MAX_ARGS);
-        argv[argc] = (char *)args[argc - 1];
-    }
-    argv[argc] = NULL;
-
-    int in[2] = {-1, -1}, out[2], err[2];
-    if (stdin_pipe)
-        cr_assert_eq(pipe(in), 0);
-    else
-        cr_assert_geq(in[0] = open("/dev/null", O_RDONLY), 0);
-    cr_assert_eq(pipe(out), 0);
-    cr_assert_eq(pipe(err), 0);
-    /* No later child may inherit these (an inherited write end of a stdin
-     * pipe would keep that program from ever seeing end of file). */
-    int fds[] = {in[0], in[1], out[0], out[1], err[0], err[1]};
-    for (size_t i = 0; i < 6; i++) {
-        if (fds[i] >= 0)
-            set_cloexec(fds[i]);
-    }
-    memset(p, 0, sizeof(*p));
-    p->name = bin;
-    p->pid = fork();
-    cr_assert_geq(p->pid, 0);
-    if (p->pid == 0) {
-        /* dup2 clears close-on-exec on 0, 1 and 2. */
-        dup2(in[0], 0);
-        dup2(out[1], 1);
-        dup2(err[1], 2);
-        execv(argv[0], argv);
-        _exit(127);
-    }
-    close(in[0]);
-    close(out[1]);
-    close(err[1]);
-    p->in_fd = in[1];
-    p->out_fd = out[0];
-    p->err_fd = err[0];
-    cr_assert_lt(n_running, MAX_PROCS);
-    running[n_running++] = p;
-}
-
-static void drain(int *fd, char *buf, size_t *len)
-{
-    ssize_t n = read(*fd, buf + *len, OUT_MAX - 1 - *len);
-    if (n > 0)
-        *len += (size_t)n;
-    if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN) || *len == OUT_MAX - 1) {
-        close(*fd);
-        *fd = -1;
-    }
-    buf[*len] = '\0';
-}
-
-/* Reads whatever any running program wrote, waiting up to timeout_ms. */
-static void poll_all(int timeout_ms)
-{
-    struct pollfd fds[2 * MAX_PROCS];
-    char *bufs[2 * MAX_PROCS];
-    size_t *lens[2 * MAX_PROCS];
-    int *fdp[2 * MAX_PROCS];
-    nfds_t n = 0;
-    for (size_t i = 0; i < n_running; i++) {
-        proc *p = running[i];
-        if (p->out_fd >= 0) {
-            fds[n] = (struct pollfd){p->out_fd, POLLIN, 0};
-            bufs[n] = p->out, lens[n] = &p->out_len, fdp[n++] = &p->out_fd;
-        }
-        if (p->err_fd >= 0) {
-            fds[n] = (struct pollfd){p->err_fd, POLLIN, 0};
-            bufs[n] = p->err, lens[n] = &p->err_len, fdp[n++] = &p->err_fd;
-        }
-    }
-    if (n == 0) {
-        struct timespec ts = {.tv_sec = 0, .tv_nsec = (long)timeout_ms * 1000000L};
-        nanosleep(&ts, NULL);
-        return;
-    }
-    int rc = poll(fds, n, timeout_ms);
-    if (rc < 0 && errno == EINTR)
-        return;
-    cr_assert_geq(rc, 0);
-    for (nfds_t i = 0; i < n; i++) {
-        if (fds[i].revents)
-            drain(fdp[i], bufs[i], lens[i]);
-    }
-}
-
-/* Waits until needle shows in p's stderr (or stdout if on_stdout). */
-static bool wait_text(proc *p, bool on_stdout, const char *needle, int timeout_ms)
-{
-    int64_t end = now_ms() + timeout_ms;
-    const char *buf = on_stdout ? p->out : p->err;
-    const int *fd = on_stdout ? &p->out_fd : &p->err_fd;
-    while (!strstr(buf, needle)) {
-        if (now_ms() >= end || *fd < 0)
-            return strstr(buf, needle) != NULL;
-        poll_all(20);
-    }
-    return true;
-}
-
-/* Waits until a whole line starting with prefix shows in p's stderr. */
-static bool wait_line(proc *p, const char *prefix, int timeout_ms)
-{
-    int64_t end = now_ms() + timeout_ms;
-    for (;;) {
-        const char *s = strstr(p->err, prefix);
-        if (s && strchr(s, '\n'))
-            return true;
-        if (now_ms() >= end || p->err_fd < 0)
-            return false;
-        poll_all(20);
-    }
-}
-
-/* Waits for p to exit (SIGKILL after timeout_ms) and returns its status. */
-static int wait_exit(proc *p, int timeout_ms)
-{
-    int64_t end = now_ms() + timeout_ms;
-    while (!p->reaped) {
-        int st;
-        pid_t r = waitpid(p->pid, &st, WNOHANG);
-        if (r == p->pid) {
-            p->reaped = true;
-            p->status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-            break;
-        }
-        if (now_ms() >= end) {
-            kill(p->pid, SIGKILL);
-            waitpid(p->pid, &st, 0);
-            p->reaped = true;
-            p->status = -1;
-            cr_assert_fail("%s did not exit in %d ms\nstdout: %s\nstderr: %s", p->name, timeout_ms,
-                           p->out, p->err);
-        }
-        poll_all(10);
-    }
-    /* Whatever is left in the pipes. */
-    while (p->out_fd >= 0 || p->err_fd >= 0)
-        poll_all(100);
-    if (p->in_fd >= 0)
-        close(p->in_fd);
-    p->in_fd = -1;
-    for (size_t i = 0; i < n_running; i++) {
-        if (running[i] == p) {
-            running[i] = running[--n_running];
-            break;
-        }
-    }
-    return p->status;
+    tool_spawn(p, &(tool_cmd){.bin = bin, .args = args, .stdin_pipe = stdin_pipe});
 }
 
 static void expect_exit(proc *p, int status)
 {
-    int got = wait_exit(p, EXIT_MS);
+    int got = tool_wait_exit(p, EXIT_MS);
     cr_assert_eq(got, status, "%s exited %d, not %d\nstdout: %s\nstderr: %s", p->name, got, status,
                  p->out, p->err);
 }
@@ -240,11 +56,10 @@ static void expect_exit(proc *p, int status)
 /* SIGTERM, then a server must exit 0. */
 static void stop_server(proc *p)
 {
-    cr_assert_eq(kill(p->pid, SIGTERM), 0);
-    expect_exit(p, 0);
+    tool_stop(p, SIGTERM, EXIT_MS);
 }
 
-#define ARGS(...) ((const char *const[]){__VA_ARGS__, NULL})
+#define ARGS TOOL_ARGS
 
 /* ---- servers ---------------------------------------------------------------- */
 
@@ -272,7 +87,7 @@ static void start_echo_server(proc *p, server_info *si, const char *key_path)
         spawn(p, TERN_ECHO_SERVER_BIN, ARGS("--listen", "127.0.0.1:0", "--key", key_path), false);
     else
         spawn(p, TERN_ECHO_SERVER_BIN, ARGS("--listen", "127.0.0.1:0"), false);
-    cr_assert(wait_line(p, "echo_server: listening on ", START_MS), "not ready: %s", p->err);
+    cr_assert(tool_wait_line(p, "echo_server: listening on ", START_MS), "not ready: %s", p->err);
     after(p->err, "echo_server: public key ", '\n', si->key, sizeof(si->key));
     after(p->err, "echo_server: listening on ", '\n', si->addr, sizeof(si->addr));
     cr_assert_eq(strlen(si->key), 44, "%s", si->key);
@@ -283,7 +98,8 @@ static void start_echo_server(proc *p, server_info *si, const char *key_path)
 static void start_game_server(proc *p, server_info *si)
 {
     spawn(p, TERN_GAME_LOOP_BIN, ARGS("server", "--listen", "127.0.0.1:0"), false);
-    cr_assert(wait_line(p, "game_loop: server listening on ", START_MS), "not ready: %s", p->err);
+    cr_assert(tool_wait_line(p, "game_loop: server listening on ", START_MS), "not ready: %s",
+              p->err);
     after(p->err, "game_loop: server public key ", '\n', si->key, sizeof(si->key));
     after(p->err, "game_loop: server listening on ", ',', si->addr, sizeof(si->addr));
     cr_assert_eq(strlen(si->key), 44, "%s", si->key);
@@ -334,8 +150,9 @@ Test(examples, echo_count_lines_come_back_exactly)
     cr_assert_not_null(strstr(cli.err, "sent 4000 bytes (200 lines), 4000 came back, all of it"),
                        "%s", cli.err);
     /* The server saw the stream and the client's graceful close. */
-    cr_assert(wait_text(&srv, false, "left (closed by the client): 1 streams, 4000 bytes", 2000),
-              "%s", srv.err);
+    cr_assert(
+        tool_wait_text(&srv, false, "left (closed by the client): 1 streams, 4000 bytes", 2000),
+        "%s", srv.err);
     stop_server(&srv);
 }
 
@@ -369,7 +186,7 @@ Test(examples, echo_stdin_on_a_stream_and_as_messages)
     cli.in_fd = -1;
     expect_exit(&cli, 0);
     cr_assert_str_eq(cli.out, "one\ntwo\nthree\n");
-    cr_assert(wait_text(&srv, false, "0 streams, 0 bytes and 3 messages echoed", 2000), "%s",
+    cr_assert(tool_wait_text(&srv, false, "0 streams, 0 bytes and 3 messages echoed", 2000), "%s",
               srv.err);
     stop_server(&srv);
 }
@@ -392,13 +209,13 @@ Test(examples, echo_failover_and_a_key_file_kept_across_restarts)
     /* The first address does not answer: after 300 ms the client moves on. */
     char dead[32];
     dead_address(dead, sizeof(dead));
-    int64_t t0 = now_ms();
+    int64_t t0 = tool_now_ms();
     spawn(&cli, TERN_ECHO_CLIENT_BIN,
           ARGS("--messages", "--count", "3", "--handshake-timeout", "300", "--server-key", si.key,
                dead, si.addr),
           false);
     expect_exit(&cli, 0);
-    cr_assert_geq(now_ms() - t0, 250, "moved on before the first address timed out");
+    cr_assert_geq(tool_now_ms() - t0, 250, "moved on before the first address timed out");
     cr_assert_str_eq(cli.out, "hello, tern\nhello, tern\nhello, tern\n");
     char connected[96];
     snprintf(connected, sizeof(connected), "connected to %s", si.addr);
@@ -490,8 +307,9 @@ Test(examples, game_snapshots_and_chat_broadcast)
      * and leaves after 1 s, so at least one of b's reports sees a. */
     spawn(&b, TERN_GAME_LOOP_BIN,
           ARGS("client", "--server-key", si.key, "--duration", "2500ms", si.addr), false);
-    cr_assert(wait_text(&b, false, "game_loop: client bound to 0.0.0.0:", START_MS), "%s", b.err);
-    cr_assert(wait_text(&b, false, "game_loop: connected to", START_MS), "%s", b.err);
+    cr_assert(tool_wait_text(&b, false, "game_loop: client bound to 0.0.0.0:", START_MS), "%s",
+              b.err);
+    cr_assert(tool_wait_text(&b, false, "game_loop: connected to", START_MS), "%s", b.err);
     spawn(&a, TERN_GAME_LOOP_BIN,
           ARGS("client", "--server-key", si.key, "--chat", "hello from a", "--duration", "1s",
                si.addr),
@@ -538,6 +356,6 @@ Test(examples, game_under_impairment)
     cr_assert_not_null(strstr(cli.out, "chat: player 1: through the lag"), "%s", cli.out);
     /* The client's goodbye left before its endpoint closed (the impairment
      * delays it): the server hears of it, not just of a timeout. */
-    cr_assert(wait_text(&srv, true, "left: closed by the client", 2000), "%s", srv.out);
+    cr_assert(tool_wait_text(&srv, true, "left: closed by the client", 2000), "%s", srv.out);
     stop_server(&srv);
 }

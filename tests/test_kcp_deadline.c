@@ -9,21 +9,15 @@
 
 #include "kcp/codec.h"
 #include "kcp/engine_internal.h"
+#include "kcp_pair_util.h"
 #include "sim/pair.h"
 #include "tern/kcp.h"
 #include "tern/netsim.h"
 
-#define MSS 1376u
-#define WIRE_MAX 512
+#define MSS KP_MSS
 #define NEVER UINT64_MAX
 
-typedef struct wire {
-    uint8_t pkt[WIRE_MAX][1500];
-    size_t len[WIRE_MAX];
-    size_t n;
-} wire;
-
-static wire w_ab, w_ba;
+static kp_wire w_ab, w_ba;
 
 static void fwd(tern_kcp_settings *s)
 {
@@ -43,46 +37,8 @@ static void fwd_wnd1(tern_kcp_settings *s)
     s->snd_wnd = 1;
 }
 
-static tern_kcp *make(void (*tweak)(tern_kcp_settings *))
-{
-    tern_kcp_settings s;
-    tern_kcp_settings_default(&s);
-    s.conv = 7;
-    if (tweak)
-        tweak(&s);
-    tern_kcp *k = NULL;
-    cr_assert_eq(tern_kcp_new(&k, &s, NULL, NULL, NULL, 0), 0);
-    return k;
-}
-
-static size_t collect(tern_kcp *k, wire *w, tern_ms now)
-{
-    size_t got = 0;
-    for (;;) {
-        cr_assert_lt(w->n, WIRE_MAX);
-        tern_ssize n = tern_kcp_write_pkt(k, w->pkt[w->n], sizeof(w->pkt[0]), now);
-        cr_assert_geq(n, 0, "write_pkt: %s", tern_strerror((int)n));
-        if (n == 0)
-            return got;
-        w->len[w->n++] = (size_t)n;
-        got++;
-    }
-}
-
-static void deliver(wire *w, tern_kcp *k, tern_ms now)
-{
-    for (size_t i = 0; i < w->n; i++)
-        cr_assert_eq(tern_kcp_read_pkt(k, w->pkt[i], w->len[i], now), 0);
-    w->n = 0;
-}
-
-static void drop_all(wire *w)
-{
-    w->n = 0;
-}
-
 /* How many segments with command cmd w holds. */
-static size_t count_cmd(const wire *w, uint8_t cmd, uint32_t *last_sn)
+static size_t count_cmd(const kp_wire *w, uint8_t cmd, uint32_t *last_sn)
 {
     size_t n = 0;
     for (size_t i = 0; i < w->n; i++) {
@@ -100,66 +56,24 @@ static size_t count_cmd(const wire *w, uint8_t cmd, uint32_t *last_sn)
     return n;
 }
 
-static void msg_fill(uint8_t *buf, size_t len, uint32_t id)
-{
-    for (size_t j = 0; j < len; j++)
-        buf[j] = (uint8_t)(id * 13 + j * 5);
-    if (len >= 4)
-        memcpy(buf, &id, 4);
-}
-
-static bool msg_ok(const uint8_t *buf, size_t len, uint32_t *id)
-{
-    if (len < 4)
-        return false;
-    memcpy(id, buf, 4);
-    for (size_t j = 4; j < len; j++)
-        if (buf[j] != (uint8_t)(*id * 13 + j * 5))
-            return false;
-    return true;
-}
-
-static size_t drain(tern_kcp *b, uint32_t *ids, size_t max, tern_ms now)
-{
-    static uint8_t buf[16 * MSS];
-    size_t n = 0;
-    tern_ssize got;
-    while ((got = tern_kcp_recv(b, buf, sizeof(buf), now)) >= 0) {
-        cr_assert_lt(n, max);
-        cr_assert(msg_ok(buf, (size_t)got, &ids[n]), "message %zu corrupt (%td bytes)", n, got);
-        n++;
-    }
-    cr_assert_eq(got, TERN_ERR_AGAIN);
-    return n;
-}
-
 static void send_msg(tern_kcp *a, uint32_t id, size_t len, tern_ms deadline, tern_ms now)
 {
-    static uint8_t buf[16 * MSS];
-    msg_fill(buf, len, id);
+    static uint8_t buf[KP_MSG_MAX];
+    kp_msg_fill(buf, len, id);
     cr_assert_eq(tern_kcp_send_deadline(a, buf, len, deadline, now), 0);
 }
 
 /* Both ways until neither side has anything to say, at time now. */
 static void exchange(tern_kcp *a, tern_kcp *b, tern_ms now)
 {
-    for (int i = 0; i < 8; i++) {
-        cr_assert_eq(tern_kcp_handle_expiry(a, now), 0);
-        cr_assert_eq(tern_kcp_handle_expiry(b, now), 0);
-        size_t n = collect(a, &w_ab, now);
-        deliver(&w_ab, b, now);
-        n += collect(b, &w_ba, now);
-        deliver(&w_ba, a, now);
-        if (n == 0)
-            return;
-    }
+    kp_exchange(a, b, &w_ab, &w_ba, now);
 }
 
 /* ---- the API's refusals ---- */
 
 Test(deadline, send_deadline_needs_forward_and_message_mode)
 {
-    tern_kcp *plain = make(NULL);
+    tern_kcp *plain = kp_make(NULL);
     cr_assert_eq(tern_kcp_send_deadline(plain, "x", 1, 100, 0), TERN_ERR_UNSUPPORTED);
     cr_assert_eq(tern_kcp_unacked_segments(plain), 0, "nothing queued");
     cr_assert_eq(tern_kcp_send_deadline(plain, "x", 1, NEVER, 0), 0, "no deadline: a plain send");
@@ -175,7 +89,7 @@ Test(deadline, send_deadline_needs_forward_and_message_mode)
     cr_assert_eq(tern_kcp_send_deadline(stream, "xy", 2, NEVER, 0), 0);
     tern_kcp_del(stream);
 
-    tern_kcp *a = make(fwd);
+    tern_kcp *a = kp_make(fwd);
     cr_assert_eq(tern_kcp_send_deadline(NULL, "x", 1, 100, 0), TERN_ERR_INVAL);
     cr_assert_eq(tern_kcp_send_deadline(a, NULL, 1, 100, 0), TERN_ERR_INVAL);
     static uint8_t big[256 * MSS];
@@ -200,7 +114,7 @@ Test(deadline, cmd_85_is_malformed_without_forward)
     cr_assert_eq(tern_kcp_datagram_check_ext(d, sizeof(d), 7, false), TERN_ERR_MALFORMED);
     cr_assert_eq(tern_kcp_datagram_check_ext(d, sizeof(d), 7, true), 2);
 
-    tern_kcp *classic = make(NULL);
+    tern_kcp *classic = kp_make(NULL);
     cr_assert_eq(tern_kcp_read_pkt(classic, d, sizeof(d), 0), TERN_ERR_MALFORMED);
     tern_kcp_stats st;
     tern_kcp_get_stats(classic, &st);
@@ -209,7 +123,7 @@ Test(deadline, cmd_85_is_malformed_without_forward)
     cr_assert_eq(tern_kcp_peek_size(classic), TERN_ERR_AGAIN);
     tern_kcp_del(classic);
 
-    tern_kcp *b = make(fwd);
+    tern_kcp *b = kp_make(fwd);
     cr_assert_eq(tern_kcp_read_pkt(b, d, sizeof(d), 0), 0);
     tern_kcp_get_stats(b, &st);
     cr_assert_eq(st.forwards_recv, 1);
@@ -231,8 +145,8 @@ Test(deadline, cmd_85_is_malformed_without_forward)
  * messages sent after the partition arrive. */
 static void partition_run(void (*rx)(tern_kcp_settings *), uint32_t start_sn)
 {
-    tern_kcp *a = make(fwd);
-    tern_kcp *b = make(rx);
+    tern_kcp *a = kp_make(fwd);
+    tern_kcp *b = kp_make(rx);
     if (start_sn) {
         cr_assert_eq(tern_kcp_test_set_sequence(a, start_sn, start_sn), 0);
         cr_assert_eq(tern_kcp_test_set_sequence(b, start_sn, start_sn), 0);
@@ -240,7 +154,7 @@ static void partition_run(void (*rx)(tern_kcp_settings *), uint32_t start_sn)
     send_msg(a, 0, 100, NEVER, 0);
     exchange(a, b, 0);
     uint32_t ids[16];
-    cr_assert_eq(drain(b, ids, 16, 0), 1);
+    cr_assert_eq(kp_drain(b, ids, 16, 0), 1);
 
     /* Partition from t = 10 to t = 1000; deadlines at t = 110. */
     for (uint32_t i = 1; i <= 5; i++)
@@ -248,9 +162,9 @@ static void partition_run(void (*rx)(tern_kcp_settings *), uint32_t start_sn)
     uint64_t writes = 0;
     for (tern_ms t = 10; t < 1000; t += 5) {
         cr_assert_eq(tern_kcp_handle_expiry(a, t), 0);
-        collect(a, &w_ab, t);
+        kp_collect(a, &w_ab, t);
         writes++;
-        drop_all(&w_ab);
+        kp_drop_all(&w_ab);
     }
     tern_kcp_stats st;
     tern_kcp_get_stats(a, &st);
@@ -271,7 +185,7 @@ static void partition_run(void (*rx)(tern_kcp_settings *), uint32_t start_sn)
     send_msg(a, 7, 2 * MSS, NEVER, 1000);
     for (tern_ms t = 1000; t < 5000; t += 10)
         exchange(a, b, t);
-    size_t n = drain(b, ids, 16, 5000);
+    size_t n = kp_drain(b, ids, 16, 5000);
     cr_assert_eq(n, 2);
     /* Unordered, 7 may come first: it is known complete on arrival, while
      * 6 follows the gap until the FORWARD fills it. */
@@ -315,16 +229,16 @@ Test(deadline, a_partition_longer_than_the_deadline_across_the_wrap)
  * has (ordered or not), and the next message arrives whole. */
 static void partial_run(void (*rx)(tern_kcp_settings *))
 {
-    tern_kcp *a = make(fwd);
-    tern_kcp *b = make(rx);
+    tern_kcp *a = kp_make(fwd);
+    tern_kcp *b = kp_make(rx);
     send_msg(a, 1, 3 * MSS, 100, 0);
-    cr_assert_eq(collect(a, &w_ab, 0), 3);
+    cr_assert_eq(kp_collect(a, &w_ab, 0), 3);
     /* Lose the middle fragment; ACKs lost too, so nothing is acknowledged. */
     cr_assert_eq(tern_kcp_read_pkt(b, w_ab.pkt[0], w_ab.len[0], 5), 0);
     cr_assert_eq(tern_kcp_read_pkt(b, w_ab.pkt[2], w_ab.len[2], 5), 0);
     w_ab.n = 0;
-    collect(b, &w_ba, 5);
-    drop_all(&w_ba);
+    kp_collect(b, &w_ba, 5);
+    kp_drop_all(&w_ba);
     cr_assert_eq(tern_kcp_peek_size(b), TERN_ERR_AGAIN);
     /* The deadline comes before the retransmission timer gets anywhere. */
     cr_assert_eq(tern_kcp_handle_expiry(a, 100), 0);
@@ -333,13 +247,13 @@ static void partial_run(void (*rx)(tern_kcp_settings *))
     cr_assert_eq(st.expired_msgs, 1);
     cr_assert_eq(st.expired_segs, 3);
     send_msg(a, 2, 10, NEVER, 100);
-    collect(a, &w_ab, 100);
+    kp_collect(a, &w_ab, 100);
     uint32_t f = 0;
     cr_assert_eq(count_cmd(&w_ab, TERN_KCP_CMD_FORWARD, &f), 1);
     cr_assert_eq(f, 3, "F is the next message's sn");
-    deliver(&w_ab, b, 105);
+    kp_deliver(&w_ab, b, 105, NULL);
     uint32_t ids[4];
-    size_t n = drain(b, ids, 4, 105);
+    size_t n = kp_drain(b, ids, 4, 105);
     cr_assert_eq(n, 1);
     cr_assert_eq(ids[0], 2);
     tern_kcp_get_stats(b, &st);
@@ -369,13 +283,13 @@ Test(deadline, a_receiver_never_delivers_part_of_a_message_unordered)
  * their continuation, and the receiver drops the fragment it holds. */
 static void cut_run(void (*rx)(tern_kcp_settings *))
 {
-    tern_kcp *a = make(fwd_wnd1);
-    tern_kcp *b = make(rx);
+    tern_kcp *a = kp_make(fwd_wnd1);
+    tern_kcp *b = kp_make(rx);
     send_msg(a, 1, 3 * MSS, 50, 0);
-    cr_assert_eq(collect(a, &w_ab, 0), 1, "one segment in the window");
-    deliver(&w_ab, b, 5);
-    collect(b, &w_ba, 5);
-    drop_all(&w_ba); /* its ACK is lost */
+    cr_assert_eq(kp_collect(a, &w_ab, 0), 1, "one segment in the window");
+    kp_deliver(&w_ab, b, 5, NULL);
+    kp_collect(b, &w_ba, 5);
+    kp_drop_all(&w_ba); /* its ACK is lost */
     cr_assert_eq(tern_kcp_handle_expiry(a, 50), 0);
     tern_kcp_stats st;
     tern_kcp_get_stats(a, &st);
@@ -386,7 +300,7 @@ static void cut_run(void (*rx)(tern_kcp_settings *))
     for (tern_ms t = 50; t < 3000; t += 10)
         exchange(a, b, t);
     uint32_t ids[4];
-    size_t n = drain(b, ids, 4, 3000);
+    size_t n = kp_drain(b, ids, 4, 3000);
     cr_assert_eq(n, 1);
     cr_assert_eq(ids[0], 2);
     tern_kcp_get_stats(b, &st);
@@ -420,27 +334,27 @@ static void fwd_wnd64(tern_kcp_settings *s)
  * were used up. The send ring must have room for those numbers too. */
 Test(deadline, the_send_ring_makes_room_for_numbers_still_to_use_up)
 {
-    tern_kcp *a = make(fwd_wnd64);
-    tern_kcp *b = make(fwd);
+    tern_kcp *a = kp_make(fwd_wnd64);
+    tern_kcp *b = kp_make(fwd);
     uint8_t wins[24];
     tern_kcp_hdr h = {.conv = 7, .cmd = TERN_KCP_CMD_WINS, .wnd = 1};
     tern_kcp_hdr_encode(wins, &h);
     cr_assert_eq(tern_kcp_read_pkt(a, wins, sizeof(wins), 0), 0);
     send_msg(a, 1, 12 * MSS, 50, 0);
-    cr_assert_eq(collect(a, &w_ab, 0), 1, "the peer's window takes one segment");
-    drop_all(&w_ab);
+    cr_assert_eq(kp_collect(a, &w_ab, 0), 1, "the peer's window takes one segment");
+    kp_drop_all(&w_ab);
     cr_assert_eq(tern_kcp_handle_expiry(a, 50), 0);
     send_msg(a, 2, 15 * MSS, NEVER, 50);
     /* The FORWARD past the sent fragment opens the peer's window... */
-    collect(a, &w_ab, 50);
+    kp_collect(a, &w_ab, 50);
     cr_assert_eq(count_cmd(&w_ab, TERN_KCP_CMD_FORWARD, NULL), 1);
-    deliver(&w_ab, b, 55);
-    collect(b, &w_ba, 55);
-    deliver(&w_ba, a, 60);
+    kp_deliver(&w_ab, b, 55, NULL);
+    kp_collect(b, &w_ba, 55);
+    kp_deliver(&w_ba, a, 60, NULL);
     /* ... the cut message's numbers are used up and message 2 goes out. Only
      * the FORWARD past those numbers arrives: the peer's una then covers
      * them, and must acknowledge nothing of message 2. */
-    collect(a, &w_ab, 60);
+    kp_collect(a, &w_ab, 60);
     cr_assert_eq(count_cmd(&w_ab, TERN_KCP_CMD_FORWARD, NULL), 1);
     for (size_t i = 0; i < w_ab.n; i++) {
         tern_kcp_hdr first;
@@ -449,12 +363,12 @@ Test(deadline, the_send_ring_makes_room_for_numbers_still_to_use_up)
             cr_assert_eq(tern_kcp_read_pkt(b, w_ab.pkt[i], w_ab.len[i], 65), 0);
     }
     w_ab.n = 0;
-    collect(b, &w_ba, 65);
-    deliver(&w_ba, a, 70);
+    kp_collect(b, &w_ba, 65);
+    kp_deliver(&w_ba, a, 70, NULL);
     for (tern_ms t = 70; t < 3000; t += 10)
         exchange(a, b, t);
     uint32_t ids[4];
-    cr_assert_eq(drain(b, ids, 4, 3000), 1);
+    cr_assert_eq(kp_drain(b, ids, 4, 3000), 1);
     cr_assert_eq(ids[0], 2);
     tern_kcp_stats st;
     tern_kcp_get_stats(b, &st);
@@ -468,11 +382,11 @@ Test(deadline, the_send_ring_makes_room_for_numbers_still_to_use_up)
  * backoff, never more often, until the receiver's una passes F. */
 Test(deadline, a_lost_forward_is_repeated_until_una_passes)
 {
-    tern_kcp *a = make(fwd);
-    tern_kcp *b = make(fwd);
+    tern_kcp *a = kp_make(fwd);
+    tern_kcp *b = kp_make(fwd);
     send_msg(a, 1, 10, 20, 0);
-    collect(a, &w_ab, 0);
-    drop_all(&w_ab);
+    kp_collect(a, &w_ab, 0);
+    kp_drop_all(&w_ab);
     tern_ms t = 0;
     tern_ms sent_at[4];
     for (int i = 0; i < 4; i++) {
@@ -483,30 +397,30 @@ Test(deadline, a_lost_forward_is_repeated_until_una_passes)
             cr_assert_geq(e, t);
             t = e;
             cr_assert_eq(tern_kcp_handle_expiry(a, t), 0);
-            collect(a, &w_ab, t);
+            kp_collect(a, &w_ab, t);
             /* Writing again at the same instant adds nothing. */
-            cr_assert_eq(collect(a, &w_ab, t), 0);
+            cr_assert_eq(kp_collect(a, &w_ab, t), 0);
             if (count_cmd(&w_ab, TERN_KCP_CMD_FORWARD, NULL))
                 break;
-            drop_all(&w_ab);
+            kp_drop_all(&w_ab);
         }
         sent_at[i] = t;
         cr_assert_eq(count_cmd(&w_ab, TERN_KCP_CMD_FORWARD, NULL), 1);
         cr_assert_eq(count_cmd(&w_ab, TERN_KCP_CMD_PUSH, NULL), 0, "the expired one is not resent");
         if (i < 3)
-            drop_all(&w_ab);
+            kp_drop_all(&w_ab);
     }
     cr_assert_eq(sent_at[0], 20, "sent as soon as the message expired");
     cr_assert_gt(sent_at[2] - sent_at[1], sent_at[1] - sent_at[0], "backed off");
     tern_kcp_stats st;
     tern_kcp_get_stats(a, &st);
     cr_assert_eq(st.forwards_sent, 4);
-    deliver(&w_ab, b, t + 5);
-    collect(b, &w_ba, t + 5);
+    kp_deliver(&w_ab, b, t + 5, NULL);
+    kp_collect(b, &w_ba, t + 5);
     cr_assert_eq(count_cmd(&w_ba, TERN_KCP_CMD_WINS, NULL), 1, "answered at once");
-    deliver(&w_ba, a, t + 10);
+    kp_deliver(&w_ba, a, t + 10, NULL);
     cr_assert_eq(tern_kcp_get_expiry(a), NEVER);
-    cr_assert_eq(collect(a, &w_ab, t + 10000), 0);
+    cr_assert_eq(kp_collect(a, &w_ab, t + 10000), 0);
     tern_kcp_get_stats(a, &st);
     cr_assert_eq(st.forwards_sent, 4);
     tern_kcp_get_stats(b, &st);
@@ -519,11 +433,11 @@ Test(deadline, a_lost_forward_is_repeated_until_una_passes)
  * datagram holding one) ends in a dead link, not a silent stall. */
 Test(deadline, a_peer_that_never_takes_the_forward_is_dead)
 {
-    tern_kcp *a = make(fwd);
-    tern_kcp *b = make(NULL);
+    tern_kcp *a = kp_make(fwd);
+    tern_kcp *b = kp_make(NULL);
     send_msg(a, 1, 10, 20, 0);
-    collect(a, &w_ab, 0);
-    drop_all(&w_ab);
+    kp_collect(a, &w_ab, 0);
+    kp_drop_all(&w_ab);
     tern_ms t = 20;
     int rc = 0;
     for (int i = 0; i < 200 && !tern_kcp_is_dead(a); i++) {
@@ -550,18 +464,18 @@ Test(deadline, a_peer_that_never_takes_the_forward_is_dead)
 
 Test(deadline, get_expiry_follows_the_earliest_deadline)
 {
-    tern_kcp *a = make(fwd);
+    tern_kcp *a = kp_make(fwd);
     send_msg(a, 0, 10, 5000, 0);
-    collect(a, &w_ab, 0);
-    drop_all(&w_ab);
+    kp_collect(a, &w_ab, 0);
+    kp_drop_all(&w_ab);
     tern_ms rto = tern_kcp_get_expiry(a);
     cr_assert_lt(rto, 5000, "the RTO comes first");
     /* Deadlines out of send order. */
     send_msg(a, 1, 10, 900, 0);
     send_msg(a, 2, 10, 60, 0);
     send_msg(a, 3, 10, 400, 0);
-    collect(a, &w_ab, 0);
-    drop_all(&w_ab);
+    kp_collect(a, &w_ab, 0);
+    kp_drop_all(&w_ab);
     cr_assert_eq(tern_kcp_get_expiry(a), 60);
     cr_assert_eq(tern_kcp_handle_expiry(a, 60), 0);
     tern_kcp_stats st;
@@ -569,7 +483,7 @@ Test(deadline, get_expiry_follows_the_earliest_deadline)
     cr_assert_eq(st.expired_msgs, 1);
     cr_assert_eq(tern_kcp_unacked_segments(a), 3);
     /* Message 2 lies between live ones: nothing to forward past yet. */
-    cr_assert_eq(collect(a, &w_ab, 60), 0);
+    cr_assert_eq(kp_collect(a, &w_ab, 60), 0);
     cr_assert_eq(st.forwards_sent, 0);
     tern_kcp_del(a);
 }
@@ -584,7 +498,7 @@ static void fwd_small_queue(tern_kcp_settings *s)
  * their memory comes back, no sequence number is used, nothing is owed. */
 Test(deadline, never_sent_messages_are_removed_and_their_memory_released)
 {
-    tern_kcp *a = make(fwd_small_queue);
+    tern_kcp *a = kp_make(fwd_small_queue);
     int queued = 0, rc;
     while ((rc = tern_kcp_send_deadline(a, (uint8_t[1000]){0}, 1000, 100, 0)) == 0)
         queued++;
@@ -602,7 +516,7 @@ Test(deadline, never_sent_messages_are_removed_and_their_memory_released)
     cr_assert_eq(tern_kcp_unacked_segments(a), 0);
     cr_assert_eq(tern_kcp_get_expiry(a), NEVER, "nothing sent, nothing to forward");
     cr_assert_eq(tern_kcp_send_deadline(a, "abcd", 4, 200, 100), 0, "room again");
-    cr_assert_eq(collect(a, &w_ab, 100), 1);
+    cr_assert_eq(kp_collect(a, &w_ab, 100), 1);
     uint32_t sn = 99;
     cr_assert_eq(count_cmd(&w_ab, TERN_KCP_CMD_PUSH, &sn), 1);
     cr_assert_eq(sn, 0, "no sequence number was used up");
@@ -613,9 +527,9 @@ Test(deadline, never_sent_messages_are_removed_and_their_memory_released)
 /* A deadline already past: the message expires before any of it leaves. */
 Test(deadline, a_deadline_in_the_past_sends_nothing)
 {
-    tern_kcp *a = make(fwd);
+    tern_kcp *a = kp_make(fwd);
     send_msg(a, 0, 10, 5, 10);
-    cr_assert_eq(collect(a, &w_ab, 10), 0);
+    cr_assert_eq(kp_collect(a, &w_ab, 10), 0);
     tern_kcp_stats st;
     tern_kcp_get_stats(a, &st);
     cr_assert_eq(st.expired_msgs, 1);
@@ -660,16 +574,16 @@ Test(deadline, steady_deadline_traffic_does_not_allocate)
         for (uint32_t i = 0; i < 8; i++)
             send_msg(a, round * 8 + i, 40, now + 5, now);
         /* Every tenth round is lost, and expires. */
-        collect(a, &w_ab, now);
+        kp_collect(a, &w_ab, now);
         if (round % 10 == 9)
-            drop_all(&w_ab);
+            kp_drop_all(&w_ab);
         else
-            deliver(&w_ab, b, now);
+            kp_deliver(&w_ab, b, now, NULL);
         while (tern_kcp_recv(b, got, sizeof(got), now) > 0)
             ;
         cr_assert_eq(tern_kcp_handle_expiry(a, now), 0);
-        collect(b, &w_ba, now);
-        deliver(&w_ba, a, now);
+        kp_collect(b, &w_ba, now);
+        kp_deliver(&w_ba, a, now, NULL);
     }
     tern_kcp_stats st;
     tern_kcp_get_stats(a, &st);
@@ -734,7 +648,7 @@ static void dl_sim_run(const dl_cond *c, bool unordered, uint64_t seed)
             x = x * 6364136223846793005u + 1442695040888963407u;
             size_t len = 4 + (size_t)((x >> 33) % (2 * MSS));
             has_deadline[sent] = (x >> 20) % 3 != 0;
-            msg_fill(buf, len, sent);
+            kp_msg_fill(buf, len, sent);
             int rc =
                 tern_kcp_send_deadline(a, buf, len, has_deadline[sent] ? now + 150 : NEVER, now);
             cr_assert_eq(rc, 0, "%s: send: %s", ctx, tern_strerror(rc));
@@ -750,7 +664,7 @@ static void dl_sim_run(const dl_cond *c, bool unordered, uint64_t seed)
         tern_ssize n;
         while ((n = tern_kcp_recv(b, buf, sizeof(buf), now)) >= 0) {
             uint32_t id;
-            cr_assert(msg_ok(buf, (size_t)n, &id), "%s: a corrupt or partial message", ctx);
+            cr_assert(kp_msg_ok(buf, (size_t)n, &id), "%s: a corrupt or partial message", ctx);
             cr_assert_lt(id, sent);
             cr_assert_eq(seen[id], 0, "%s: message %u twice", ctx, id);
             seen[id] = 1;

@@ -9,102 +9,19 @@
 
 #include "kcp/codec.h"
 #include "kcp/engine_internal.h"
+#include "kcp_pair_util.h"
 #include "sim/pair.h"
 #include "tern/kcp.h"
 #include "tern/netsim.h"
 
-#define MSS 1376u
-#define WIRE_MAX 512
+#define MSS KP_MSS
 
-typedef struct wire {
-    uint8_t pkt[WIRE_MAX][1500];
-    size_t len[WIRE_MAX];
-    size_t n;
-} wire;
-
-static wire w_ab, w_ba;
+static kp_wire w_ab, w_ba;
 
 static void unordered(tern_kcp_settings *s)
 {
     s->unordered = true;
     s->ack_nodelay = true;
-}
-
-static tern_kcp *make(void (*tweak)(tern_kcp_settings *))
-{
-    tern_kcp_settings s;
-    tern_kcp_settings_default(&s);
-    s.conv = 7;
-    if (tweak)
-        tweak(&s);
-    tern_kcp *k = NULL;
-    cr_assert_eq(tern_kcp_new(&k, &s, NULL, NULL, NULL, 0), 0);
-    return k;
-}
-
-/* Everything k has to say now goes onto w; returns the datagram count. */
-static size_t collect(tern_kcp *k, wire *w, tern_ms now)
-{
-    size_t got = 0;
-    for (;;) {
-        cr_assert_lt(w->n, WIRE_MAX);
-        tern_ssize n = tern_kcp_write_pkt(k, w->pkt[w->n], sizeof(w->pkt[0]), now);
-        cr_assert_geq(n, 0, "write_pkt: %s", tern_strerror((int)n));
-        if (n == 0)
-            return got;
-        w->len[w->n++] = (size_t)n;
-        got++;
-    }
-}
-
-/* Delivers w's datagrams to k except those whose index is in drop (a
- * list ended by SIZE_MAX, or NULL), then empties w. */
-static void deliver(wire *w, tern_kcp *k, tern_ms now, const size_t *drop)
-{
-    for (size_t i = 0; i < w->n; i++) {
-        bool skip = false;
-        for (const size_t *d = drop; d && *d != SIZE_MAX; d++)
-            skip |= *d == i;
-        if (!skip)
-            cr_assert_eq(tern_kcp_read_pkt(k, w->pkt[i], w->len[i], now), 0);
-    }
-    w->n = 0;
-}
-
-/* Message i: len bytes, the first four holding i, the rest a pattern of i. */
-static void msg_fill(uint8_t *buf, size_t len, uint32_t i)
-{
-    for (size_t j = 0; j < len; j++)
-        buf[j] = (uint8_t)(i * 31 + j * 7);
-    if (len >= 4)
-        memcpy(buf, &i, 4);
-}
-
-static bool msg_ok(const uint8_t *buf, size_t len, uint32_t *id)
-{
-    if (len < 4)
-        return false;
-    memcpy(id, buf, 4);
-    for (size_t j = 4; j < len; j++)
-        if (buf[j] != (uint8_t)(*id * 31 + j * 7))
-            return false;
-    return true;
-}
-
-/* Reads every ready message of b into ids[], checking each; returns how
- * many. */
-static size_t drain(tern_kcp *b, uint32_t *ids, size_t max, tern_ms now)
-{
-    static uint8_t buf[8 * MSS];
-    size_t n = 0;
-    tern_ssize got;
-    while ((got = tern_kcp_recv(b, buf, sizeof(buf), now)) >= 0) {
-        cr_assert_lt(n, max);
-        cr_assert(msg_ok(buf, (size_t)got, &ids[n]), "message %zu corrupt (%td bytes)", n, got);
-        n++;
-    }
-    cr_assert_eq(got, TERN_ERR_AGAIN);
-    return n;
 }
 
 /* ---- settings ---- */
@@ -144,23 +61,23 @@ Test(settings, unordered_and_forward_are_message_mode_only)
  * before); the retransmission of 2 then releases 2 and 3. Each arrives once. */
 static void lost_datagram_run(uint32_t start_sn)
 {
-    tern_kcp *a = make(NULL);
-    tern_kcp *b = make(unordered);
+    tern_kcp *a = kp_make(NULL);
+    tern_kcp *b = kp_make(unordered);
     if (start_sn) {
         cr_assert_eq(tern_kcp_test_set_sequence(a, start_sn, start_sn), 0);
         cr_assert_eq(tern_kcp_test_set_sequence(b, start_sn, start_sn), 0);
     }
     static uint8_t msg[MSS];
     for (uint32_t i = 0; i < 6; i++) {
-        msg_fill(msg, MSS, i);
+        kp_msg_fill(msg, MSS, i);
         cr_assert_eq(tern_kcp_send(a, msg, MSS, 0), 0);
-        cr_assert_eq(collect(a, &w_ab, 0), 1, "a full segment fills a datagram");
+        cr_assert_eq(kp_collect(a, &w_ab, 0), 1, "a full segment fills a datagram");
     }
     const size_t lose_third[] = {2, SIZE_MAX};
-    deliver(&w_ab, b, 10, lose_third);
+    kp_deliver(&w_ab, b, 10, lose_third);
 
     uint32_t ids[16];
-    size_t n = drain(b, ids, 16, 10);
+    size_t n = kp_drain(b, ids, 16, 10);
     cr_assert_eq(n, 4, "read before the loss is repaired: %zu", n);
     cr_assert_eq(ids[0], 0);
     cr_assert_eq(ids[1], 1);
@@ -172,15 +89,15 @@ static void lost_datagram_run(uint32_t start_sn)
     cr_assert_eq(st.rcv_buf_segs, 3, "3 held, 4 and 5 as read marks");
 
     /* The ACKs of 3..5 make A retransmit 2 (fast retransmit / RTO). */
-    collect(b, &w_ba, 10);
-    deliver(&w_ba, a, 20, NULL);
+    kp_collect(b, &w_ba, 10);
+    kp_deliver(&w_ba, a, 20, NULL);
     for (tern_ms t = 20; w_ab.n == 0 && t < 2000; t += 10) {
         cr_assert_eq(tern_kcp_handle_expiry(a, t), 0);
-        collect(a, &w_ab, t);
+        kp_collect(a, &w_ab, t);
     }
     cr_assert_eq(w_ab.n, 1, "exactly the lost segment is resent");
-    deliver(&w_ab, b, 2000, NULL);
-    n = drain(b, ids, 16, 2000);
+    kp_deliver(&w_ab, b, 2000, NULL);
+    n = kp_drain(b, ids, 16, 2000);
     cr_assert_eq(n, 2);
     cr_assert_eq(ids[0], 2);
     cr_assert_eq(ids[1], 3);
@@ -191,7 +108,7 @@ static void lost_datagram_run(uint32_t start_sn)
     cr_assert_eq(tern_kcp_peek_size(b), TERN_ERR_AGAIN);
 
     /* A copy of something already read is a duplicate, never a message. */
-    msg_fill(msg, MSS, 4);
+    kp_msg_fill(msg, MSS, 4);
     tern_kcp_hdr h = {
         .conv = 7, .cmd = TERN_KCP_CMD_PUSH, .sn = start_sn + 4, .una = 0, .len = MSS, .wnd = 128};
     static uint8_t d[24 + MSS];
@@ -227,24 +144,24 @@ static void no_bundling(tern_kcp_settings *s)
  * the fragment before it (the big message's last) says where it begins. */
 Test(unordered, a_message_is_read_only_when_complete)
 {
-    tern_kcp *a = make(no_bundling);
-    tern_kcp *b = make(unordered);
+    tern_kcp *a = kp_make(no_bundling);
+    tern_kcp *b = kp_make(unordered);
     static uint8_t msg[5 * MSS];
-    msg_fill(msg, 10, 0);
+    kp_msg_fill(msg, 10, 0);
     cr_assert_eq(tern_kcp_send(a, msg, 10, 0), 0);
-    msg_fill(msg, sizeof(msg), 1);
+    kp_msg_fill(msg, sizeof(msg), 1);
     cr_assert_eq(tern_kcp_send(a, msg, sizeof(msg), 0), 0);
-    msg_fill(msg, 20, 2);
+    kp_msg_fill(msg, 20, 2);
     cr_assert_eq(tern_kcp_send(a, msg, 20, 0), 0);
     /* Datagram 0: message 0; 1..5: fragments 1.0 .. 1.4; 6: message 2. */
-    cr_assert_eq(collect(a, &w_ab, 0), 7);
-    wire *keep = malloc(sizeof(wire));
+    cr_assert_eq(kp_collect(a, &w_ab, 0), 7);
+    kp_wire *keep = malloc(sizeof(kp_wire));
     cr_assert_not_null(keep);
-    memcpy(keep, &w_ab, sizeof(wire));
+    memcpy(keep, &w_ab, sizeof(kp_wire));
     const size_t lose[] = {1, 3, SIZE_MAX};
-    deliver(&w_ab, b, 5, lose);
+    kp_deliver(&w_ab, b, 5, lose);
     uint32_t ids[8];
-    size_t n = drain(b, ids, 8, 5);
+    size_t n = kp_drain(b, ids, 8, 5);
     cr_assert_eq(n, 2);
     cr_assert_eq(ids[0], 0);
     cr_assert_eq(ids[1], 2, "message 2 follows the end of message 1");
@@ -252,7 +169,7 @@ Test(unordered, a_message_is_read_only_when_complete)
     cr_assert_eq(tern_kcp_peek_size(b), TERN_ERR_AGAIN, "fragment 1.0 still missing");
     cr_assert_eq(tern_kcp_read_pkt(b, keep->pkt[1], keep->len[1], 7), 0);
     cr_assert_eq(tern_kcp_peek_size(b), (tern_ssize)sizeof(msg));
-    n = drain(b, ids, 8, 7);
+    n = kp_drain(b, ids, 8, 7);
     cr_assert_eq(n, 1);
     cr_assert_eq(ids[0], 1);
     tern_kcp_stats st;
@@ -268,23 +185,23 @@ Test(unordered, a_message_is_read_only_when_complete)
  * both is repaired, and peek tells its size. */
 Test(unordered, peek_and_recv_agree_and_small_buffers_keep_the_message)
 {
-    tern_kcp *a = make(NULL);
-    tern_kcp *b = make(unordered);
+    tern_kcp *a = kp_make(NULL);
+    tern_kcp *b = kp_make(unordered);
     static uint8_t msg[MSS];
     for (uint32_t i = 0; i < 3; i++) {
-        msg_fill(msg, MSS, i);
+        kp_msg_fill(msg, MSS, i);
         cr_assert_eq(tern_kcp_send(a, msg, MSS, 0), 0);
     }
-    cr_assert_eq(collect(a, &w_ab, 0), 3);
+    cr_assert_eq(kp_collect(a, &w_ab, 0), 3);
     const size_t lose[] = {0, SIZE_MAX};
-    deliver(&w_ab, b, 5, lose);
+    kp_deliver(&w_ab, b, 5, lose);
     cr_assert_eq(tern_kcp_peek_size(b), (tern_ssize)MSS, "message 2 follows complete message 1");
     uint8_t small[100];
     cr_assert_eq(tern_kcp_recv(b, small, sizeof(small), 5), TERN_ERR_NOBUFS);
     static uint8_t buf[MSS];
     cr_assert_eq(tern_kcp_recv(b, buf, sizeof(buf), 5), (tern_ssize)MSS);
     uint32_t id;
-    cr_assert(msg_ok(buf, MSS, &id));
+    cr_assert(kp_msg_ok(buf, MSS, &id));
     cr_assert_eq(id, 2);
     cr_assert_eq(tern_kcp_recv(b, buf, sizeof(buf), 5), TERN_ERR_AGAIN,
                  "message 1 follows the gap");
@@ -298,7 +215,7 @@ Test(unordered, peek_and_recv_agree_and_small_buffers_keep_the_message)
  * reading early does not let the receiver hold more. */
 Test(unordered, the_receive_window_stays_bounded_under_a_flood)
 {
-    tern_kcp *b = make(unordered); /* rcv_wnd 256 */
+    tern_kcp *b = kp_make(unordered); /* rcv_wnd 256 */
     uint8_t d[24 + 8];
     uint32_t order[1024];
     for (uint32_t i = 0; i < 1024; i++)
@@ -369,27 +286,27 @@ static void small_window(tern_kcp_settings *s)
 
 Test(unordered, a_message_larger_than_the_window_is_dropped)
 {
-    tern_kcp *a = make(NULL);
-    tern_kcp *b = make(small_window);
+    tern_kcp *a = kp_make(NULL);
+    tern_kcp *b = kp_make(small_window);
     static uint8_t big[10 * MSS], buf[10 * MSS];
-    msg_fill(big, sizeof(big), 0);
+    kp_msg_fill(big, sizeof(big), 0);
     cr_assert_eq(tern_kcp_send(a, big, sizeof(big), 0), 0);
-    msg_fill(big, 40, 1);
+    kp_msg_fill(big, 40, 1);
     cr_assert_eq(tern_kcp_send(a, big, 40, 0), 0);
     uint32_t ids[4];
     size_t n = 0;
     bool msgsize = false;
     for (tern_ms t = 0; t < 20000 && (n == 0 || !msgsize); t += 10) {
         cr_assert_eq(tern_kcp_handle_expiry(a, t), 0);
-        collect(a, &w_ab, t);
-        deliver(&w_ab, b, t, NULL);
+        kp_collect(a, &w_ab, t);
+        kp_deliver(&w_ab, b, t, NULL);
         tern_ssize got = tern_kcp_recv(b, buf, sizeof(buf), t);
         if (got == TERN_ERR_MSGSIZE)
             msgsize = true;
         else if (got >= 0)
-            cr_assert(msg_ok(buf, (size_t)got, &ids[n++]));
-        collect(b, &w_ba, t);
-        deliver(&w_ba, a, t, NULL);
+            cr_assert(kp_msg_ok(buf, (size_t)got, &ids[n++]));
+        kp_collect(b, &w_ba, t);
+        kp_deliver(&w_ba, a, t, NULL);
     }
     cr_assert(msgsize);
     cr_assert_eq(n, 1);
@@ -444,7 +361,7 @@ static uint32_t sim_run(const cond *c, uint64_t seed)
         while (sent < SIM_MSGS && tern_kcp_unacked_segments(a) < 128) {
             x = x * 6364136223846793005u + 1442695040888963407u;
             size_t len = 4 + (size_t)((x >> 33) % (3 * MSS));
-            msg_fill(buf, len, sent);
+            kp_msg_fill(buf, len, sent);
             int rc = tern_kcp_send(a, buf, len, now);
             if (rc == TERN_ERR_WOULDBLOCK)
                 break;
@@ -459,7 +376,7 @@ static uint32_t sim_run(const cond *c, uint64_t seed)
         tern_ssize n;
         while ((n = tern_kcp_recv(b, buf, sizeof(buf), now)) >= 0) {
             uint32_t id;
-            cr_assert(msg_ok(buf, (size_t)n, &id), "%s seed %llu: corrupt message", c->name,
+            cr_assert(kp_msg_ok(buf, (size_t)n, &id), "%s seed %llu: corrupt message", c->name,
                       (unsigned long long)seed);
             cr_assert_lt(id, sent);
             cr_assert_eq(seen[id], 0, "%s seed %llu: message %u twice", c->name,

@@ -15,7 +15,6 @@
 
 #include <dirent.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <jansson.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -23,32 +22,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
+
+#include "tool_util.h"
 
 #ifndef TERN_DEMO_BIN
 #error "TERN_DEMO_BIN must name the tern-demo binary (tests/CMakeLists.txt)"
 #endif /* TERN_DEMO_BIN */
 
-#define MAX_ARGS 24
-#define TEXT_MAX 65536
 #define RUN_MS 60000 /* the demo's own deadline is 50 s, plus its stop */
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
 
 /* ---- a scratch directory per test ------------------------------------------------ */
 
@@ -56,17 +39,12 @@ static char dir[128];
 
 static const char *in_dir(const char *name)
 {
-    static char buf[8][256];
-    static int next;
-    char *p = buf[next++ % 8];
-    snprintf(p, sizeof(buf[0]), "%s/%s", dir, name);
-    return p;
+    return tool_path(dir, name);
 }
 
 static void make_dir(void)
 {
-    snprintf(dir, sizeof(dir), "/tmp/tern-demo-test-XXXXXX");
-    cr_assert_not_null(mkdtemp(dir));
+    tool_make_dir(dir, sizeof(dir), "tern-demo-test");
     /* The demo's TMPDIR: it must be empty again after every run. */
     cr_assert_eq(mkdir(in_dir("tmp"), 0700), 0);
 }
@@ -110,90 +88,25 @@ static size_t entries(const char *path)
 
 /* ---- running the demo ----------------------------------------------------------------- */
 
-typedef struct run {
-    pid_t pid;
-    int status; /* exit status; -1 if it died of a signal */
-    char out[TEXT_MAX], err[TEXT_MAX];
-} run;
-
-static void slurp(const char *path, char *buf, size_t cap)
-{
-    buf[0] = '\0';
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return;
-    size_t n = fread(buf, 1, cap - 1, f);
-    buf[n] = '\0';
-    fclose(f);
-}
-
-static void refresh(run *r)
-{
-    slurp(in_dir("demo.out"), r->out, sizeof(r->out));
-    slurp(in_dir("demo.err"), r->err, sizeof(r->err));
-}
+typedef tool_proc run;
 
 /* Starts the demo with args (NULL-terminated), TMPDIR in the scratch
  * directory, stdout and stderr to files there. */
 static void start(run *r, const char *const *args)
 {
-    char *argv[MAX_ARGS + 2];
-    int argc = 0;
-    argv[argc++] = TERN_DEMO_BIN;
-    for (; args[argc - 1]; argc++) {
-        cr_assert_lt(argc, MAX_ARGS);
-        argv[argc] = (char *)args[argc - 1];
-    }
-    argv[argc] = NULL;
-    memset(r, 0, sizeof(*r));
-    int ofd = open(in_dir("demo.out"), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    int efd = open(in_dir("demo.err"), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    cr_assert(ofd >= 0 && efd >= 0);
-    const char *tmp = in_dir("tmp");
-    pid_t parent = getpid();
-    r->pid = fork();
-    cr_assert_geq(r->pid, 0);
-    if (r->pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlive the test */
-        if (getppid() != parent)
-            _exit(127);
-        dup2(ofd, 1);
-        dup2(efd, 2);
-        setenv("TMPDIR", tmp, 1);
-        execv(argv[0], argv);
-        _exit(127);
-    }
-    close(ofd);
-    close(efd);
-}
-
-/* Waits for the demo to exit (SIGKILL after ms). */
-static void wait_exit(run *r, int ms)
-{
-    int64_t end = now_ms() + ms;
-    int st = 0;
-    pid_t got;
-    while ((got = waitpid(r->pid, &st, WNOHANG)) == 0 && now_ms() < end)
-        sleep_ms(10);
-    bool killed = got == 0;
-    if (killed) {
-        kill(r->pid, SIGKILL);
-        waitpid(r->pid, &st, 0);
-    }
-    refresh(r);
-    cr_assert_not(killed, "tern-demo did not exit; stdout: %s\nstderr: %s", r->out, r->err);
-    cr_assert(WIFEXITED(st), "tern-demo died of signal %d; stderr: %s",
-              WIFSIGNALED(st) ? WTERMSIG(st) : 0, r->err);
-    r->status = WEXITSTATUS(st);
+    char env[256];
+    snprintf(env, sizeof(env), "TMPDIR=%s", in_dir("tmp"));
+    tool_cmd cmd = {.bin = TERN_DEMO_BIN, .args = args, .name = "demo", .out_dir = dir, .env = env};
+    tool_spawn(r, &cmd);
 }
 
 static void run_to_end(run *r, const char *const *args)
 {
     start(r, args);
-    wait_exit(r, RUN_MS);
+    tool_wait_exit(r, RUN_MS);
 }
 
-#define ARGS(...) ((const char *const[]){__VA_ARGS__, NULL})
+#define ARGS TOOL_ARGS
 
 /* The pids on the "reaped:" line ("NAME pid N (...)"); asserts there are
  * want of them and that none exists any more. */
@@ -299,11 +212,11 @@ Test(tool_demo, short_run_prints_table_writes_files_and_reaps_everything, .init 
     json_decref(j);
 
     /* The plots. */
-    char svg[TEXT_MAX];
-    slurp(in_dir("out/latency-cdf.svg"), svg, sizeof(svg));
+    char svg[TOOL_TEXT_MAX];
+    tool_slurp(in_dir("out/latency-cdf.svg"), svg, sizeof(svg));
     cr_assert_not_null(strstr(svg, "<svg"), "latency-cdf.svg: %.200s", svg);
     cr_assert_not_null(strstr(svg, "<polyline"), "latency-cdf.svg has no curve");
-    slurp(in_dir("out/throughput.svg"), svg, sizeof(svg));
+    tool_slurp(in_dir("out/throughput.svg"), svg, sizeof(svg));
     cr_assert_not_null(strstr(svg, "<polyline"), "throughput.svg has no curve");
 }
 
@@ -314,17 +227,11 @@ Test(tool_demo, sigint_mid_run_stops_and_reaps_every_process, .init = make_dir, 
     run r;
     /* Big enough to be still moving data when the signal comes. */
     start(&r, ARGS("--megabytes", "512", "--verbose", "--out-dir", in_dir("out")));
-    int64_t end = now_ms() + 20000;
-    while (now_ms() < end) {
-        refresh(&r);
-        if (strstr(r.err, "[tern-tunnel client] tern-tunnel: connected to"))
-            break;
-        sleep_ms(20);
-    }
+    tool_wait_text(&r, false, "[tern-tunnel client] tern-tunnel: connected to", 20000);
     cr_assert_not_null(strstr(r.err, "connected to"), "the tunnel never connected: %s", r.err);
-    sleep_ms(300);
+    tool_sleep_ms(300);
     cr_assert_eq(kill(r.pid, SIGINT), 0);
-    wait_exit(&r, 15000);
+    tool_wait_exit(&r, 15000);
     cr_assert_eq(r.status, 0, "exit %d; stderr: %s", r.status, r.err);
     char last[512];
     last_line(r.err, last, sizeof(last));

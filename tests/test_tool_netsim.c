@@ -23,26 +23,17 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
+
+#include "tool_util.h"
 
 #ifndef TERN_NETSIM_BIN
 #error "TERN_NETSIM_BIN must name the tern-netsim binary (tests/CMakeLists.txt)"
 #endif /* TERN_NETSIM_BIN */
 
-#define OUT_MAX 16384
-#define MAX_ARGS 32
 #define MAX_SEQ 1024
 #define READY_TIMEOUT_MS 5000
 #define EXIT_TIMEOUT_MS 5000
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void cloexec(int fd)
 {
@@ -51,141 +42,33 @@ static void cloexec(int fd)
 
 /* ---- Running the program ------------------------------------------------ */
 
-typedef struct proc {
-    pid_t pid;
-    int out_fd, err_fd; /* -1 once at end of file */
-    char out[OUT_MAX], err[OUT_MAX];
-    size_t out_len, err_len;
-    uint16_t port; /* from the readiness line */
-    int status;    /* exit status, once reaped */
-} proc;
+typedef tool_proc proc;
 
 static void spawn(proc *p, const char *const *args)
 {
-    char *argv[MAX_ARGS + 2];
-    int argc = 0;
-    argv[argc++] = TERN_NETSIM_BIN;
-    for (; args[argc - 1]; argc++) {
-        cr_assert_lt(argc, MAX_ARGS);
-        argv[argc] = (char *)args[argc - 1];
-    }
-    argv[argc] = NULL;
-
-    int out[2], err[2];
-    cr_assert_eq(pipe(out), 0);
-    cr_assert_eq(pipe(err), 0);
-    memset(p, 0, sizeof(*p));
-    p->pid = fork();
-    cr_assert_geq(p->pid, 0);
-    if (p->pid == 0) {
-        dup2(out[1], 1);
-        dup2(err[1], 2);
-        execv(argv[0], argv);
-        _exit(127);
-    }
-    close(out[1]);
-    close(err[1]);
-    p->out_fd = out[0];
-    p->err_fd = err[0];
-    cloexec(p->out_fd);
-    cloexec(p->err_fd);
-}
-
-static void drain(int *fd, char *buf, size_t *len)
-{
-    if (*fd < 0)
-        return;
-    ssize_t n = read(*fd, buf + *len, OUT_MAX - 1 - *len);
-    if (n > 0) {
-        *len += (size_t)n;
-    } else if (n == 0 || *len == OUT_MAX - 1) {
-        close(*fd);
-        *fd = -1;
-    }
-    buf[*len] = '\0';
-}
-
-/* Reads stdout and stderr until `done` says so or the deadline passes;
- * returns whether done. */
-static bool read_until(proc *p, int64_t deadline, bool (*done)(const proc *))
-{
-    while (!done(p)) {
-        struct pollfd fds[2] = {{p->out_fd, POLLIN, 0}, {p->err_fd, POLLIN, 0}};
-        int64_t left = deadline - now_ms();
-        if (left <= 0 || (p->out_fd < 0 && p->err_fd < 0))
-            return done(p);
-        int rc = poll(fds, 2, (int)left);
-        if (rc < 0 && errno == EINTR)
-            continue;
-        cr_assert_geq(rc, 0);
-        if (fds[0].revents)
-            drain(&p->out_fd, p->out, &p->out_len);
-        if (fds[1].revents)
-            drain(&p->err_fd, p->err, &p->err_len);
-    }
-    return true;
-}
-
-static bool both_closed(const proc *p)
-{
-    return p->out_fd < 0 && p->err_fd < 0;
-}
-
-static bool ready(const proc *p)
-{
-    return strstr(p->err, ", forwarding to ") != NULL || both_closed(p);
-}
-
-/* Waits for the program to exit (killing it if it will not) and reaps it. */
-static void finish(proc *p)
-{
-    bool closed = read_until(p, now_ms() + EXIT_TIMEOUT_MS, both_closed);
-    if (!closed)
-        kill(p->pid, SIGKILL);
-    int st;
-    cr_assert_eq(waitpid(p->pid, &st, 0), p->pid);
-    if (p->out_fd >= 0)
-        close(p->out_fd);
-    if (p->err_fd >= 0)
-        close(p->err_fd);
-    cr_assert(closed, "tern-netsim did not exit; stderr: %s", p->err);
-    cr_assert(WIFEXITED(st), "tern-netsim died (status %d); stderr: %s", st, p->err);
-    p->status = WEXITSTATUS(st);
+    tool_spawn(p, &(tool_cmd){.bin = TERN_NETSIM_BIN, .args = args, .name = "tern-netsim"});
 }
 
 /* Runs a command that should exit by itself (help, bad flags). */
 static void run_to_exit(proc *p, const char *const *args)
 {
     spawn(p, args);
-    finish(p);
+    tool_wait_exit(p, EXIT_TIMEOUT_MS);
 }
 
-#define RUN(p, ...) run_to_exit((p), (const char *const[]){__VA_ARGS__, NULL})
+#define RUN(p, ...) run_to_exit((p), TOOL_ARGS(__VA_ARGS__))
 
 /* Starts the proxy and waits for its readiness line; fills p->port. */
 static void start(proc *p, const char *const *args)
 {
-    spawn(p, args);
-    read_until(p, now_ms() + READY_TIMEOUT_MS, ready);
-    const char *line = strstr(p->err, "tern-netsim: listening on ");
-    cr_assert_not_null(line, "no readiness line; stderr: %s", p->err);
-    const char *end = strstr(line, ", forwarding to ");
-    cr_assert_not_null(end);
-    const char *colon = end;
-    while (colon > line && *colon != ':')
-        colon--;
-    unsigned port = 0;
-    cr_assert_eq(sscanf(colon, ":%u,", &port), 1, "%s", line);
-    cr_assert(port > 0 && port <= 65535, "%s", line);
-    p->port = (uint16_t)port;
+    tool_start(p, &(tool_cmd){.bin = TERN_NETSIM_BIN, .args = args, .name = "tern-netsim"},
+               "tern-netsim: listening on ", READY_TIMEOUT_MS);
 }
 
 /* SIGTERM (or sig), then the exit status must be 0. */
 static void stop(proc *p, int sig)
 {
-    cr_assert_eq(kill(p->pid, sig), 0);
-    finish(p);
-    cr_assert_eq(p->status, 0, "exit %d; stderr: %s", p->status, p->err);
+    tool_stop(p, sig, EXIT_TIMEOUT_MS);
 }
 
 /* A counter from the final JSON: "section":{... "key":N ...}. */
@@ -274,7 +157,7 @@ static void echo_send(echo *e, int client, uint32_t seq)
     to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     to.sin_port = htons(e->proxy_port);
     if (seq < MAX_SEQ)
-        e->sent_at[seq] = now_ms();
+        e->sent_at[seq] = tool_now_ms();
     cr_assert_eq(sendto(e->cli[client], buf, sizeof(buf), 0, (struct sockaddr *)&to, sizeof(to)),
                  (ssize_t)sizeof(buf), "%s", strerror(errno));
 }
@@ -293,9 +176,9 @@ static void note_peer(echo *e, uint16_t port)
  * arrived for quiet_ms (if quiet_ms > 0). */
 static void echo_pump(echo *e, int timeout_ms, int quiet_ms)
 {
-    int64_t end = now_ms() + timeout_ms, last = now_ms();
+    int64_t end = tool_now_ms() + timeout_ms, last = tool_now_ms();
     for (;;) {
-        int64_t now = now_ms();
+        int64_t now = tool_now_ms();
         if (now >= end || (quiet_ms > 0 && now - last >= quiet_ms))
             return;
         struct pollfd fds[3] = {
@@ -312,7 +195,7 @@ static void echo_pump(echo *e, int timeout_ms, int quiet_ms)
             e->server_got++;
             note_peer(e, ntohs(from.sin_port));
             sendto(e->srv, buf, (size_t)n, 0, (struct sockaddr *)&from, len);
-            last = now_ms();
+            last = tool_now_ms();
             len = sizeof(from);
         }
         for (int c = 0; c < 2; c++) {
@@ -325,11 +208,11 @@ static void echo_pump(echo *e, int timeout_ms, int quiet_ms)
                 e->next_expected[c] = seq + 1;
                 e->client_got[c]++;
                 if (seq < MAX_SEQ && e->sent_at[seq]) {
-                    int64_t rtt = now_ms() - e->sent_at[seq];
+                    int64_t rtt = tool_now_ms() - e->sent_at[seq];
                     e->rtt_min = rtt < e->rtt_min ? rtt : e->rtt_min;
                     e->rtt_max = rtt > e->rtt_max ? rtt : e->rtt_max;
                 }
-                last = now_ms();
+                last = tool_now_ms();
             }
         }
     }
@@ -352,13 +235,13 @@ static void start_proxy(proc *p, echo *e, const char *const *extra)
 {
     char forward[32];
     snprintf(forward, sizeof(forward), "127.0.0.1:%u", (unsigned)e->srv_port);
-    const char *args[MAX_ARGS];
+    const char *args[TOOL_ARGS_MAX];
     int n = 0;
     args[n++] = "--listen";
     args[n++] = "127.0.0.1:0";
     args[n++] = "--forward";
     args[n++] = forward;
-    for (; *extra && n < MAX_ARGS - 1; extra++)
+    for (; *extra && n < TOOL_ARGS_MAX - 1; extra++)
         args[n++] = *extra;
     args[n] = NULL;
     start(p, args);

@@ -9,9 +9,7 @@
 #include <criterion/criterion.h>
 
 #include <errno.h>
-#include <fcntl.h>
 #include <jansson.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -19,133 +17,28 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
+
+#include "tool_util.h"
 
 #ifndef TERN_PERF_BIN
 #error "TERN_PERF_BIN must name the tern-perf binary (tests/CMakeLists.txt)"
 #endif /* TERN_PERF_BIN */
 
-#define OUT_MAX 65536
-#define MAX_ARGS 40
 #define READY_TIMEOUT_MS 10000
 #define RUN_TIMEOUT_MS 30000
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* ---- Running the program ------------------------------------------------ */
 
-typedef struct proc {
-    pid_t pid;
-    int out_fd, err_fd; /* -1 once at end of file */
-    char out[OUT_MAX], err[OUT_MAX];
-    size_t out_len, err_len;
-    int status; /* exit status once reaped; -1 if killed by a signal */
-} proc;
-
-static void spawn(proc *p, const char *const *args)
-{
-    char *argv[MAX_ARGS + 2];
-    int argc = 0;
-    argv[argc++] = TERN_PERF_BIN;
-    for (; args[argc - 1]; argc++) {
-        cr_assert_lt(argc, MAX_ARGS);
-        argv[argc] = (char *)args[argc - 1];
-    }
-    argv[argc] = NULL;
-
-    int out[2], err[2];
-    cr_assert_eq(pipe(out), 0);
-    cr_assert_eq(pipe(err), 0);
-    memset(p, 0, sizeof(*p));
-    p->status = -1;
-    p->pid = fork();
-    cr_assert_geq(p->pid, 0);
-    if (p->pid == 0) {
-        dup2(out[1], 1);
-        dup2(err[1], 2);
-        close(out[0]);
-        close(err[0]);
-        execv(argv[0], argv);
-        _exit(127);
-    }
-    close(out[1]);
-    close(err[1]);
-    p->out_fd = out[0];
-    p->err_fd = err[0];
-    fcntl(p->out_fd, F_SETFD, FD_CLOEXEC);
-    fcntl(p->err_fd, F_SETFD, FD_CLOEXEC);
-}
-
-static void drain(int *fd, char *buf, size_t *len)
-{
-    if (*fd < 0)
-        return;
-    ssize_t n = read(*fd, buf + *len, OUT_MAX - 1 - *len);
-    if (n > 0) {
-        *len += (size_t)n;
-    } else if (n == 0 || *len == OUT_MAX - 1) {
-        close(*fd);
-        *fd = -1;
-    }
-    buf[*len] = '\0';
-}
-
-/* Reads both pipes until done(p) or the deadline; returns done(p). */
-static bool read_until(proc *p, int64_t deadline, bool (*done)(const proc *))
-{
-    while (!done(p)) {
-        struct pollfd fds[2] = {{p->out_fd, POLLIN, 0}, {p->err_fd, POLLIN, 0}};
-        int64_t left = deadline - now_ms();
-        if (left <= 0 || (p->out_fd < 0 && p->err_fd < 0))
-            return done(p);
-        int rc = poll(fds, 2, (int)left);
-        if (rc < 0 && errno == EINTR)
-            continue;
-        cr_assert_geq(rc, 0);
-        if (fds[0].revents)
-            drain(&p->out_fd, p->out, &p->out_len);
-        if (fds[1].revents)
-            drain(&p->err_fd, p->err, &p->err_len);
-    }
-    return true;
-}
-
-static bool both_closed(const proc *p)
-{
-    return p->out_fd < 0 && p->err_fd < 0;
-}
-
-/* Waits for the exit (killing the program past the deadline) and reaps. */
-static void finish(proc *p, int64_t deadline)
-{
-    bool closed = read_until(p, deadline, both_closed);
-    if (!closed)
-        kill(p->pid, SIGKILL);
-    int st;
-    cr_assert_eq(waitpid(p->pid, &st, 0), p->pid);
-    if (p->out_fd >= 0)
-        close(p->out_fd);
-    if (p->err_fd >= 0)
-        close(p->err_fd);
-    p->out_fd = p->err_fd = -1;
-    p->status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-    cr_assert(closed, "tern-perf did not exit in time; stderr: %s", p->err);
-}
+typedef tool_proc proc;
 
 static void run(proc *p, const char *const *args)
 {
-    spawn(p, args);
-    finish(p, now_ms() + RUN_TIMEOUT_MS);
+    tool_spawn(p, &(tool_cmd){.bin = TERN_PERF_BIN, .args = args, .name = "tern-perf"});
+    tool_wait_exit(p, RUN_TIMEOUT_MS);
 }
 
-#define RUN(p, ...) run((p), (const char *const[]){__VA_ARGS__, NULL})
+#define RUN(p, ...) run((p), TOOL_ARGS(__VA_ARGS__))
 
 /* ---- A server ------------------------------------------------------------ */
 
@@ -154,49 +47,36 @@ typedef struct server {
     char addr[32]; /* 127.0.0.1:PORT */
 } server;
 
-static bool ready(const proc *p)
-{
-    const char *l = strstr(p->err, "listening on 127.0.0.1:");
-    return (l && strchr(l, '\n')) || both_closed(p);
-}
-
 static void server_start(server *s, const char *const *extra)
 {
-    const char *args[MAX_ARGS];
+    const char *args[TOOL_ARGS_MAX];
     int n = 0;
     args[n++] = "server";
     args[n++] = "-l";
     args[n++] = "127.0.0.1:0";
-    for (; extra && *extra && n < MAX_ARGS - 1; extra++)
+    for (; extra && *extra && n < TOOL_ARGS_MAX - 1; extra++)
         args[n++] = *extra;
     args[n] = NULL;
-    spawn(&s->p, args);
-    cr_assert(read_until(&s->p, now_ms() + READY_TIMEOUT_MS, ready), "no readiness line: %s",
-              s->p.err);
-    const char *l = strstr(s->p.err, "listening on ");
-    cr_assert_not_null(l, "server did not start: %s", s->p.err);
-    unsigned port = 0;
-    cr_assert_eq(sscanf(l, "listening on 127.0.0.1:%u", &port), 1, "%s", s->p.err);
-    cr_assert(port > 0 && port < 65536);
-    snprintf(s->addr, sizeof(s->addr), "127.0.0.1:%u", port);
+    tool_start(&s->p, &(tool_cmd){.bin = TERN_PERF_BIN, .args = args, .name = "tern-perf"},
+               "listening on ", READY_TIMEOUT_MS);
+    cr_assert_not_null(strstr(s->p.err, "listening on 127.0.0.1:"), "%s", s->p.err);
+    snprintf(s->addr, sizeof(s->addr), "127.0.0.1:%u", (unsigned)s->p.port);
 }
 
 /* SIGTERM: the server closes everything and exits 0. */
 static void server_stop(server *s)
 {
-    cr_assert_eq(kill(s->p.pid, SIGTERM), 0);
-    finish(&s->p, now_ms() + 10000);
-    cr_assert_eq(s->p.status, 0, "server status %d; stderr: %s", s->p.status, s->p.err);
+    tool_stop(&s->p, SIGTERM, 10000);
 }
 
 /* Runs a client against s with args after the address; returns its JSON. */
 static json_t *client_json(server *s, proc *c, const char *const *args)
 {
-    const char *argv[MAX_ARGS];
+    const char *argv[TOOL_ARGS_MAX];
     int n = 0;
     argv[n++] = "client";
     argv[n++] = s->addr;
-    for (; *args && n < MAX_ARGS - 2; args++)
+    for (; *args && n < TOOL_ARGS_MAX - 2; args++)
         argv[n++] = *args;
     argv[n++] = "--json";
     argv[n] = NULL;

@@ -28,14 +28,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "tern/tern.h"
+#include "tool_util.h"
 
 #ifndef TERN_TUNNEL_BIN
 #error "TERN_TUNNEL_BIN must name the tern-tunnel binary (tests/CMakeLists.txt)"
@@ -44,25 +42,10 @@
 #error "TERN_NETSIM_BIN must name the tern-netsim binary (tests/CMakeLists.txt)"
 #endif /* TERN_NETSIM_BIN */
 
-#define MAX_ARGS 40
-#define TEXT_MAX 65536
 #define READY_MS 10000
 #define EXIT_MS 10000
 #define MAX_CONNS 40
 #define RING 65536
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
 
 /* ---- a scratch directory, key files ------------------------------------------ */
 
@@ -70,17 +53,12 @@ static char dir[64];
 
 static void make_dir(void)
 {
-    snprintf(dir, sizeof(dir), "/tmp/tern-tunnel-test-XXXXXX");
-    cr_assert_not_null(mkdtemp(dir));
+    tool_make_dir(dir, sizeof(dir), "tern-tunnel-test");
 }
 
 static const char *path_in_dir(const char *name)
 {
-    static char buf[8][192];
-    static int next;
-    char *p = buf[next++ % 8];
-    snprintf(p, sizeof(buf[0]), "%s/%s", dir, name);
-    return p;
+    return tool_path(dir, name);
 }
 
 static void remove_dir(void)
@@ -108,176 +86,46 @@ static void make_key(const char *name, char pub[TERN_KEY_BASE64_LEN + 1])
 
 /* ---- running programs ----------------------------------------------------------- */
 
-typedef struct proc {
-    const char *name;
-    pid_t pid;
-    int status; /* exit status once reaped; -1 if it died of a signal */
-    uint16_t port;
-    char err[TEXT_MAX], out[TEXT_MAX];
-} proc;
-
-static void slurp(const char *path, char *buf, size_t cap)
-{
-    buf[0] = '\0';
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return;
-    size_t n = fread(buf, 1, cap - 1, f);
-    buf[n] = '\0';
-    fclose(f);
-}
-
-static void refresh(proc *p)
-{
-    char name[64];
-    snprintf(name, sizeof(name), "%s.err", p->name);
-    slurp(path_in_dir(name), p->err, sizeof(p->err));
-    snprintf(name, sizeof(name), "%s.out", p->name);
-    slurp(path_in_dir(name), p->out, sizeof(p->out));
-}
+typedef tool_proc proc;
 
 /* Runs bin with args; stdout and stderr go to NAME.out and NAME.err in the
- * scratch directory, so a chatty child never blocks on a full pipe. env:
- * "NAME=value" or NULL. */
-static void spawn(proc *p, const char *name, const char *bin, const char *const *args,
-                  const char *env)
+ * scratch directory, so a chatty child never blocks on a full pipe while
+ * the test moves bytes. env: "NAME=value" or NULL. */
+static tool_cmd command(const char *name, const char *bin, const char *const *args, const char *env)
 {
-    char *argv[MAX_ARGS + 2];
-    int argc = 0;
-    argv[argc++] = (char *)bin;
-    for (; args[argc - 1]; argc++) {
-        cr_assert_lt(argc, MAX_ARGS);
-        argv[argc] = (char *)args[argc - 1];
-    }
-    argv[argc] = NULL;
-    memset(p, 0, sizeof(*p));
-    p->name = name;
-    char out[64], err[64];
-    snprintf(out, sizeof(out), "%s.out", name);
-    snprintf(err, sizeof(err), "%s.err", name);
-    int ofd = open(path_in_dir(out), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    int efd = open(path_in_dir(err), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    cr_assert(ofd >= 0 && efd >= 0);
-    pid_t parent = getpid();
-    p->pid = fork();
-    cr_assert_geq(p->pid, 0);
-    if (p->pid == 0) {
-        /* Never outlive the test, whatever happens to it. */
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() != parent)
-            _exit(127);
-        dup2(ofd, 1);
-        dup2(efd, 2);
-        if (env) {
-            char kv[256];
-            snprintf(kv, sizeof(kv), "%s", env);
-            char *eq = strchr(kv, '=');
-            if (eq) {
-                *eq = '\0';
-                setenv(kv, eq + 1, 1);
-            }
-        }
-        execv(argv[0], argv);
-        _exit(127);
-    }
-    close(ofd);
-    close(efd);
-}
-
-/* Reaps p within ms (SIGKILL after that); fills status and the output. */
-static void reap(proc *p, int ms)
-{
-    int64_t end = now_ms() + ms;
-    int st = 0;
-    pid_t r;
-    while ((r = waitpid(p->pid, &st, WNOHANG)) == 0 && now_ms() < end)
-        sleep_ms(5);
-    bool killed = false;
-    if (r == 0) {
-        kill(p->pid, SIGKILL);
-        waitpid(p->pid, &st, 0);
-        killed = true;
-    }
-    refresh(p);
-    cr_assert_not(killed, "%s did not exit; stderr: %s", p->name, p->err);
-    p->status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-    cr_assert(WIFEXITED(st), "%s died of signal %d; stderr: %s", p->name,
-              WIFSIGNALED(st) ? WTERMSIG(st) : 0, p->err);
-}
-
-/* The port in "... listening on HOST:PORT[, (]...". */
-static uint16_t port_of(const char *line)
-{
-    const char *a = strstr(line, "listening on ");
-    if (!a)
-        return 0;
-    a += strlen("listening on ");
-    size_t n = strcspn(a, " ,\n");
-    const char *colon = NULL;
-    for (const char *q = a; q < a + n; q++) {
-        if (*q == ':')
-            colon = q;
-    }
-    unsigned port = 0;
-    if (!colon || sscanf(colon + 1, "%u", &port) != 1 || port > 65535)
-        return 0;
-    return (uint16_t)port;
+    return (tool_cmd){.bin = bin, .args = args, .name = name, .out_dir = dir, .env = env};
 }
 
 /* Starts a long-running program and waits for its readiness line. */
 static void start(proc *p, const char *name, const char *bin, const char *const *args,
                   const char *env)
 {
-    spawn(p, name, bin, args, env);
-    int64_t end = now_ms() + READY_MS;
-    while (now_ms() < end) {
-        refresh(p);
-        p->port = port_of(p->err);
-        if (p->port)
-            return;
-        int st;
-        if (waitpid(p->pid, &st, WNOHANG) == p->pid)
-            cr_assert_fail("%s exited early (%d); stderr: %s", name, st, p->err);
-        sleep_ms(10);
-    }
-    kill(p->pid, SIGKILL);
-    cr_assert_fail("%s: no readiness line; stderr: %s", name, p->err);
+    tool_cmd cmd = command(name, bin, args, env);
+    tool_start(p, &cmd, "listening on ", READY_MS);
 }
 
 /* Whether p's stderr shows needle within ms. */
 static bool wait_for_text(proc *p, const char *needle, int ms)
 {
-    int64_t end_at = now_ms() + ms;
-    for (;;) {
-        refresh(p);
-        if (strstr(p->err, needle))
-            return true;
-        if (now_ms() >= end_at)
-            return false;
-        sleep_ms(10);
-    }
+    return tool_wait_text(p, false, needle, ms);
 }
 
 /* A signal, then exit status 0. */
 static void stop(proc *p, int sig)
 {
-    cr_assert_eq(kill(p->pid, sig), 0);
-    reap(p, EXIT_MS);
-    cr_assert_eq(p->status, 0, "%s exited %d after signal %d; stderr: %s", p->name, p->status, sig,
-                 p->err);
+    tool_stop(p, sig, EXIT_MS);
 }
 
 /* Runs to completion; returns the exit status. */
 static int run(proc *p, const char *const *args)
 {
-    spawn(p, "run", TERN_TUNNEL_BIN, args, NULL);
-    reap(p, EXIT_MS);
-    return p->status;
+    tool_cmd cmd = command("run", TERN_TUNNEL_BIN, args, NULL);
+    tool_spawn(p, &cmd);
+    return tool_wait_exit(p, EXIT_MS);
 }
 
-#define RUN(p, ...) run((p), (const char *const[]){__VA_ARGS__, NULL})
-#define START(p, name, bin, env, ...) \
-    start((p), (name), (bin), (const char *const[]){__VA_ARGS__, NULL}, (env))
+#define RUN(p, ...) run((p), TOOL_ARGS(__VA_ARGS__))
+#define START(p, name, bin, env, ...) start((p), (name), (bin), TOOL_ARGS(__VA_ARGS__), (env))
 
 /* ---- TCP: the applications and the target ----------------------------------- */
 
@@ -515,8 +363,8 @@ static bool apps_done(const net *n)
  * ms pass; returns whether they all did. */
 static bool pump(net *n, int ms)
 {
-    int64_t end_at = now_ms() + ms;
-    while (!apps_done(n) && now_ms() < end_at) {
+    int64_t end_at = tool_now_ms() + ms;
+    while (!apps_done(n) && tool_now_ms() < end_at) {
         struct pollfd fds[1 + 2 * MAX_CONNS];
         end *who[1 + 2 * MAX_CONNS];
         bool is_app[1 + 2 * MAX_CONNS];
@@ -805,8 +653,8 @@ Test(tool_tunnel, aborted_connections_leave_the_session_healthy)
         close(fd);
         pump(&n, 10);
     }
-    int64_t until = now_ms() + 500;
-    while (now_ms() < until)
+    int64_t until = tool_now_ms() + 500;
+    while (tool_now_ms() < until)
         pump(&n, 20);
 
     for (int i = 0; i < 2; i++)
@@ -830,8 +678,8 @@ Test(tool_tunnel, aborted_connections_leave_the_session_healthy)
  * timeout). Meanwhile the target side of n is served. */
 static ssize_t recv_wait(net *n, int fd, void *buf, size_t cap, int ms)
 {
-    int64_t end_at = now_ms() + ms;
-    while (now_ms() < end_at) {
+    int64_t end_at = tool_now_ms() + ms;
+    while (tool_now_ms() < end_at) {
         struct pollfd fds[2 + MAX_CONNS];
         int k = 0;
         fds[k++] = (struct pollfd){fd, POLLIN, 0};
@@ -876,8 +724,7 @@ Test(tool_tunnel, reconnects_after_server_restart)
     char buf[16];
     ssize_t r = recv_wait(&n, fd, buf, sizeof(buf), 5000);
     cr_assert_eq(r, 4, "no echo through the first session (%zd)", r);
-    cr_assert_eq(kill(server.pid, SIGKILL), 0);
-    waitpid(server.pid, NULL, 0);
+    tool_kill(&server);
     r = recv_wait(&n, fd, buf, sizeof(buf), 10000);
     cr_assert(r == 0 || (r == -1 && errno == ECONNRESET),
               "the connection outlived its session (%zd)", r);

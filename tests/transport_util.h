@@ -67,6 +67,19 @@ static inline void tu_run_to(uv_loop_t *loop, uint64_t at)
         (void)tu_run_until(loop, tu_never, NULL, at - uv_now(loop));
 }
 
+/* cli opens a session to srv's address with cbs; the loop is not run (srv
+ * must listen for the handshake to end well). Returns the client's session. */
+static inline tern_session *tu_connect(tern_endpoint *cli, const tern_endpoint *srv,
+                                       const tern_session_callbacks *cbs)
+{
+    struct sockaddr_storage to = tu_local(srv);
+    const struct sockaddr *addrs[] = {(const struct sockaddr *)&to};
+    tern_session *s = NULL;
+    int rc = tern_endpoint_connect(cli, addrs, 1, 0, cbs, &s);
+    cr_assert_eq(rc, 0, "endpoint_connect: %s", tern_strerror(rc));
+    return s;
+}
+
 /* Closes the endpoints and runs the loop until every handle is gone. */
 static inline void tu_close_all(uv_loop_t *loop, tern_endpoint **eps, size_t n)
 {
@@ -77,6 +90,41 @@ static inline void tu_close_all(uv_loop_t *loop, tern_endpoint **eps, size_t n)
     for (int i = 0; i < 1000 && uv_run(loop, UV_RUN_NOWAIT) != 0; i++)
         ;
     cr_assert_eq(uv_loop_close(loop), 0, "handles left open on the loop");
+}
+
+/* A server and a client endpoint on 127.0.0.1, on a loop of their own. */
+typedef struct tu_pair {
+    uv_loop_t loop;
+    tern_endpoint *srv, *cli;
+} tu_pair;
+
+static inline void tu_pair_open(tu_pair *p, const tern_endpoint_config *scfg,
+                                const tern_endpoint_config *ccfg)
+{
+    cr_assert_eq(uv_loop_init(&p->loop), 0);
+    p->srv = tu_endpoint(&p->loop, scfg);
+    p->cli = tu_endpoint(&p->loop, ccfg);
+}
+
+/* srv listens with accept_cb, cli connects with cbs, and the loop runs until
+ * connected(arg) (the client's connect_cb ran) or 3 s pass, which fails the
+ * test. Whether the handshake succeeded is the caller's to check. */
+static inline tern_session *tu_pair_connect(tu_pair *p, tern_accept_cb accept_cb,
+                                            const tern_session_callbacks *cbs, tu_done_fn connected,
+                                            void *arg)
+{
+    cr_assert_eq(tern_endpoint_listen(p->srv, accept_cb), 0);
+    tern_session *s = tu_connect(p->cli, p->srv, cbs);
+    cr_assert(tu_run_until(&p->loop, connected, arg, 3000), "the handshake did not end in 3 s");
+    return s;
+}
+
+/* Closes the endpoints still open (one closed already is NULL) and the
+ * loop. */
+static inline void tu_pair_close(tu_pair *p)
+{
+    tern_endpoint *eps[] = {p->cli, p->srv};
+    tu_close_all(&p->loop, eps, 2);
 }
 
 static inline uint8_t tu_byte(uint64_t i, uint32_t seed)

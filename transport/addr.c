@@ -50,3 +50,10 @@ int tern_sockaddr_parse(const char *text, struct sockaddr_storage *out)
         return TERN_ERR_INVAL;
     return parse_port(colon + 1, &a->sin_port);
 }
+
+/* How many bytes of sa to copy into a sockaddr_storage. sa is AF_INET or
+ * AF_INET6: connect checks the addresses it is given, udp.c makes no other. */
+size_t tern_ep_addr_len(const struct sockaddr *sa)
+{
+    return sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+}

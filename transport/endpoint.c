@@ -364,8 +364,7 @@ static void path_check(tern_session *s, const struct sockaddr *from)
         return;
     /* Only after the packet authenticated (or, in plaintext, named the
      * session's random id): a NAT rebinding keeps the session. */
-    memcpy(&s->peer, from,
-           from->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in));
+    memcpy(&s->peer, from, tern_ep_addr_len(from));
     s->peer_addr = a;
     s->stats.path_changes++;
     tern_ep_trace(s->ep, TERN_TRACE_PATH_CHANGE, s, 0, 0);
@@ -460,8 +459,7 @@ static void handle_compat(tern_endpoint *ep, const uint8_t *p, size_t len,
         return;
     s->compat_conv = conv;
     s->local_id = conv;
-    memcpy(&s->peer, from,
-           from->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in));
+    memcpy(&s->peer, from, tern_ep_addr_len(from));
     tern_ep_addr_bytes(from, &s->peer_addr);
     tern_stream *st;
     if (tern_stream_create(s, conv, &st) < 0 || tern_map_put(&ep->by_key, key, s) < 0) {

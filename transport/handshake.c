@@ -305,8 +305,7 @@ void tern_ep_handle_init(tern_endpoint *ep, const uint8_t *p, size_t len,
     s->local_id = fresh_id(ep);
     s->hs_started = now;
     s->hs_deadline = now + ep->cfg.handshake_timeout_ms;
-    memcpy(&s->peer, from, from->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
-                                                       : sizeof(struct sockaddr_in));
+    memcpy(&s->peer, from, tern_ep_addr_len(from));
     s->peer_addr = src;
 
     /* 4. The DH work. */

@@ -200,6 +200,9 @@ struct tern_endpoint {
     uint8_t scratch[TERN_PACKET_MAX];
 };
 
+/* addr.c */
+size_t tern_ep_addr_len(const struct sockaddr *sa);
+
 /* endpoint.c */
 tern_ms tern_ep_now(const tern_endpoint *ep);
 void tern_ep_mark_dirty(tern_session *s);

@@ -283,11 +283,6 @@ int tern_endpoint_listen(tern_endpoint *ep, tern_accept_cb cb)
     return 0;
 }
 
-static size_t sockaddr_len(const struct sockaddr *sa)
-{
-    return sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
-}
-
 int tern_endpoint_connect(tern_endpoint *ep, const struct sockaddr *const *addrs, size_t n,
                           uint32_t conv, const tern_session_callbacks *cbs, tern_session **out)
 {
@@ -318,7 +313,7 @@ int tern_endpoint_connect(tern_endpoint *ep, const struct sockaddr *const *addrs
         return TERN_ERR_NOMEM;
     }
     for (size_t i = 0; i < n; i++)
-        memcpy(&s->addrs[i], addrs[i], sockaddr_len(addrs[i]));
+        memcpy(&s->addrs[i], addrs[i], tern_ep_addr_len(addrs[i]));
     s->n_addrs = n;
     tern_ms now = tern_ep_now(ep);
     s->hs_started = now;
