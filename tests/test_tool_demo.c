@@ -298,7 +298,7 @@ Test(tool_demo, flags_help_version_and_usage_errors, .init = make_dir, .fini = d
     static const char *const bad[][3] = {
         {"--megabytes", "0", "'0' for --megabytes"}, {"--probes", "x", "'x' for --probes"},
         {"--loss", "150%", "'150%' for --loss"},     {"--mode", "warp", "'warp' for --mode"},
-        {"--timeout", "0", "'0' for --timeout"},
+        {"--timeout", "0", "'0' for --timeout"},     {"--jitter-order", "up", "'up' for --jitter-order"},
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         run_to_end(&r, ARGS(bad[i][0], bad[i][1]));

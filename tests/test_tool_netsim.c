@@ -296,6 +296,8 @@ Test(tool_netsim, bad_flags_and_values_exit_2)
     assert_usage_error(&p, "--burst-loss", "'1%,2%'");
     RUN(&p, "--listen", ":0", "--forward", "127.0.0.1:9", "--delay", "5000000000s");
     assert_usage_error(&p, "--delay", "out of range");
+    RUN(&p, "--listen", ":0", "--forward", "127.0.0.1:9", "--jitter-order", "sideways");
+    assert_usage_error(&p, "--jitter-order", "'sideways'");
     RUN(&p, "--listen", ":0", "--forward", "127.0.0.1:9", "--max-clients", "0");
     assert_usage_error(&p, "--max-clients", "'0'");
     RUN(&p, "--listen", ":0", "--forward", "::1:9");
@@ -334,6 +336,29 @@ Test(tool_netsim, listen_port_zero_prints_the_bound_port)
 }
 
 /* ---- Forwarding ----------------------------------------------------------- */
+
+/* 300 datagrams in a burst, 20 ms of jitter: drawn alone, the delays swap
+ * them; as queueing delay they keep their order. */
+Test(tool_netsim, jitter_order_keep_delivers_in_order_and_any_reorders)
+{
+    echo e;
+    proc p;
+    echo_open(&e);
+    START(&p, &e, "--jitter", "20ms", "--jitter-order", "keep", "--json");
+    echo_burst(&e, 0, 300);
+    stop(&p, SIGTERM);
+    echo_close(&e);
+    cr_assert_eq(e.client_got[0], 300);
+    cr_assert(e.in_order[0], "keep: the echoes came back out of order");
+
+    echo_open(&e);
+    START(&p, &e, "--jitter", "20ms", "--jitter-order", "any", "--json");
+    echo_burst(&e, 0, 300);
+    stop(&p, SIGTERM);
+    echo_close(&e);
+    cr_assert_eq(e.client_got[0], 300);
+    cr_assert_not(e.in_order[0], "any: 300 datagrams with 20 ms of jitter kept their order");
+}
 
 Test(tool_netsim, clean_path_delivers_all_in_order)
 {
