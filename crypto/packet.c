@@ -14,6 +14,11 @@
 #define HDR TERN_PACKET_HEADER_BYTES
 #define TAG TERN_CRYPTO_TAG_BYTES
 #define OVERHEAD TERN_PACKET_OVERHEAD
+#define LOOKAHEAD TERN_PACKET_REKEY_LOOKAHEAD
+
+/* Two attempts per packet: the key its phase names first, then the one two
+ * generations further. That reaches 3 ahead at most; 1 is the old rule. */
+_Static_assert(LOOKAHEAD >= 1 && LOOKAHEAD <= 3, "the lookahead is 1, 2 or 3 generations");
 
 /* One key and when it was installed; used counts packets sealed (sending)
  * or opened (receiving) under it. */
@@ -33,13 +38,14 @@ struct tern_crypto_session {
     uint64_t send_gen;
     uint64_t next_counter;
 
-    /* Receiving: the key of generation recv_gen, its successor (derived in
-     * advance, tried on the other phase), and its predecessor while in its
-     * grace. switch_counter is the counter of the packet that installed rx:
-     * the other phase below it means the previous key, at or above it the
-     * next one. */
+    /* Receiving: the key of generation recv_gen, the keys of generations
+     * recv_gen + 1 .. + LOOKAHEAD (derived in advance: ahead[j] is
+     * recv_gen + 1 + j), and the predecessor of rx while in its grace.
+     * switch_counter is the counter of the packet that installed rx: the
+     * other phase below it means the previous key, at or above it a later
+     * one. */
     key_slot rx;
-    tern_key rx_next;
+    tern_key ahead[LOOKAHEAD];
     tern_key rx_prev;
     bool has_prev;
     tern_ms prev_until;
@@ -123,12 +129,23 @@ static bool past_hard_limit(const tern_crypto_session *s, const key_slot *k, ter
            elapsed(now, k->installed, s->cfg.reject_after_ms);
 }
 
+/* Makes k the current receiving key and derives the LOOKAHEAD after it.
+ * k must not point into s->ahead (which is rewritten). */
 static void install_rx(tern_crypto_session *s, const tern_key *k, tern_ms now)
 {
     s->rx.k = *k;
     s->rx.installed = now;
     s->rx.used = 0;
-    rekey(s->cipher, &s->rx.k, &s->rx_next);
+    sodium_memzero(s->ahead, sizeof(s->ahead));
+    rekey(s->cipher, &s->rx.k, &s->ahead[0]);
+    for (unsigned j = 1; j < LOOKAHEAD; j++)
+        rekey(s->cipher, &s->ahead[j - 1], &s->ahead[j]);
+}
+
+/* The receiving key step generations after the current one (0: current). */
+static const tern_key *rx_key(const tern_crypto_session *s, unsigned step)
+{
+    return step == 0 ? &s->rx.k : &s->ahead[step - 1];
 }
 
 static void drop_prev(tern_crypto_session *s)
@@ -348,14 +365,41 @@ int tern_packet_peek_receiver(const uint8_t *pkt, size_t pkt_len, uint32_t *id)
     return 0;
 }
 
-/* Which receiving key a packet names. */
-typedef enum which_key { KEY_CURRENT, KEY_NEXT, KEY_PREVIOUS } which_key;
-
 static tern_ssize fail(uint8_t *out, size_t wipe, tern_ssize rc)
 {
     if (wipe)
         sodium_memzero(out, wipe);
     return rc;
+}
+
+/* One AEAD attempt; on failure the pt_len bytes of out are zero. */
+static int open_with(const tern_crypto_session *s, const tern_key *k, uint64_t n,
+                     const uint8_t *pkt, size_t pkt_len, uint8_t *out, size_t pt_len)
+{
+    uint8_t none[1];
+    return tern_noise_aead_open(s->cipher, k, n, pkt, HDR, pkt + HDR, pkt_len - HDR,
+                                pt_len ? out : none);
+}
+
+/* A packet under the key step generations ahead authenticated (counter n):
+ * that key becomes the current one, the one just before it the previous
+ * one, for packets reordered across the switch. The generations in between
+ * (step > 1) had no packet through; theirs would now fail. */
+static void advance_rx(tern_crypto_session *s, unsigned step, uint64_t n, tern_ms now)
+{
+    tern_key cur = *rx_key(s, step);
+    drop_prev(s);
+    s->rx_prev = *rx_key(s, step - 1);
+    s->has_prev = true;
+    s->prev_until = now + s->cfg.old_key_grace_ms;
+    if (s->prev_until < now) /* a grace of "forever" */
+        s->prev_until = UINT64_MAX;
+    install_rx(s, &cur, now);
+    sodium_memzero(&cur, sizeof(cur));
+    s->recv_gen += step;
+    s->switch_counter = n;
+    s->stats.rekeys_received += step;
+    s->stats.rekeys_skipped += step - 1U;
 }
 
 tern_ssize tern_crypto_session_open(tern_crypto_session *s, const uint8_t *pkt, size_t pkt_len,
@@ -403,52 +447,57 @@ tern_ssize tern_crypto_session_open(tern_crypto_session *s, const uint8_t *pkt, 
     if (s->has_prev && now >= s->prev_until)
         drop_prev(s);
 
+    /* Key choice: the previous key, or the current one moved on by step
+     * generations, then (further != 0) once more by further. Every counter
+     * of a later generation is above all those opened so far (counters run
+     * on across rekeys), so only such a counter earns the second try: a
+     * late packet of the current generation costs one attempt, as does any
+     * other failure below the highest counter. */
     unsigned phase = (pkt[0] & TERN_PACKET_KEY_PHASE) ? 1U : 0U;
-    which_key which;
-    const tern_key *k;
+    bool above_all = n >= s->window.top;
+    bool previous = false, expired = false;
+    unsigned step = 0, further = 0;
     if (phase == (s->recv_gen & 1U)) {
-        which = KEY_CURRENT;
-        k = &s->rx.k;
-        if (past_hard_limit(s, &s->rx, now)) {
-            s->stats.expired++;
-            return fail(out, wipe, TERN_ERR_EXPIRED);
-        }
+        further = 2;
+        /* A packet under the current key has expired, but one two keys
+         * ahead may still come (the current key aged while none came). */
+        expired = past_hard_limit(s, &s->rx, now);
     } else if (n < s->switch_counter) {
-        which = KEY_PREVIOUS;
-        k = &s->rx_prev;
-        if (!s->has_prev) {
-            s->stats.expired++;
-            return fail(out, wipe, TERN_ERR_EXPIRED);
-        }
+        previous = true;
+        expired = !s->has_prev;
     } else {
-        which = KEY_NEXT;
-        k = &s->rx_next;
+        step = 1;
+        further = 3;
+    }
+    if (!above_all || further > LOOKAHEAD)
+        further = 0;
+    if (expired && !further) {
+        s->stats.expired++;
+        return fail(out, wipe, TERN_ERR_EXPIRED);
     }
 
-    uint8_t none[1];
-    int rc = tern_noise_aead_open(s->cipher, k, n, pkt, HDR, pkt + HDR, pkt_len - HDR,
-                                  pt_len ? out : none);
+    int rc = TERN_ERR_DECRYPT;
+    if (!expired)
+        rc = open_with(s, previous ? &s->rx_prev : rx_key(s, step), n, pkt, pkt_len, out, pt_len);
+    if (rc < 0 && further) {
+        s->stats.lookahead_tries++;
+        rc = open_with(s, rx_key(s, further), n, pkt, pkt_len, out, pt_len);
+        if (rc == 0)
+            step = further;
+    }
     if (rc < 0) {
-        s->stats.auth_failures++;
-        return fail(out, wipe, TERN_ERR_DECRYPT);
+        if (expired)
+            s->stats.expired++;
+        else
+            s->stats.auth_failures++;
+        return fail(out, wipe, expired ? TERN_ERR_EXPIRED : TERN_ERR_DECRYPT);
     }
 
     /* Authentic: only now does the session change. */
     (void)tern_replay_commit(&s->window, n);
-    if (which == KEY_NEXT) {
-        tern_key next = s->rx_next;
-        s->rx_prev = s->rx.k;
-        s->has_prev = true;
-        s->prev_until = now + s->cfg.old_key_grace_ms;
-        if (s->prev_until < now) /* a grace of "forever" */
-            s->prev_until = UINT64_MAX;
-        install_rx(s, &next, now);
-        sodium_memzero(&next, sizeof(next));
-        s->recv_gen++;
-        s->switch_counter = n;
-        s->stats.rekeys_received++;
-    }
-    if (which == KEY_PREVIOUS)
+    if (step)
+        advance_rx(s, step, n, now);
+    if (previous)
         s->stats.opened_old_key++;
     else
         s->rx.used++;

@@ -2,22 +2,29 @@
  * packets sealed by the peer, mutated copies of them, and arbitrary bytes,
  * while time passes and the sender rekeys.
  *
- * Two sessions from fixed raw keys: A seals, B opens (one direction is all
- * open() sees). The first input byte picks the AEAD and the automatic rekey
- * interval; then each record is an operation:
+ * Two sessions from raw keys (a hash of the input): A seals, B opens (one
+ * direction is all open() sees). The first input byte picks the AEAD and
+ * the automatic rekey interval; then each record is an operation:
  *
  *   0  seal a payload (bytes from the input) with A and deliver it to B now
  *   1  deliver a mutated copy of a packet sealed earlier
  *   2  deliver arbitrary bytes (optionally behind a plausible header)
  *   3  advance time
  *   4  rekey A now
- *   5  deliver an earlier genuine packet again, unchanged
+ *   5  deliver an earlier genuine packet again, unchanged (or late)
+ *   6  seal a payload with A and lose it (op 5 may deliver it later)
+ *
+ * So B sees A's key move on by several generations with every packet of
+ * some of them lost (ops 4 and 6), which its lookahead must bridge.
  *
  * Invariants: open() succeeds only for bytes identical to a genuine packet
  * that B has not accepted yet, and then returns exactly the payload sealed;
- * on failure the bytes of out the payload would have filled are zero; a
- * genuine packet delivered at once, in order, at most one key generation
- * after the last one accepted, is accepted; nothing leaks. */
+ * on failure the bytes of out the payload would have filled are zero and
+ * B's receiving key and counts stay as they were; after a success B's key
+ * generation is that of the highest counter accepted; a genuine packet
+ * delivered at once, in order, at most TERN_PACKET_REKEY_LOOKAHEAD key
+ * generations after the last one accepted, is accepted, and one further
+ * ahead is refused; nothing leaks. */
 #include "fuzz_common.h"
 
 #include "tern/crypto.h"
@@ -52,12 +59,27 @@ static uint64_t le64(const uint8_t *p)
 static tern_ssize deliver(tern_crypto_session *b, const uint8_t *pkt, size_t len, tern_ms now)
 {
     static uint8_t out[ARB_CAP];
+    tern_crypto_session_stats before, after;
+    tern_crypto_session_get_stats(b, &before);
     memset(out, 0xaa, sizeof(out));
     tern_ssize r = tern_crypto_session_open(b, pkt, len, out, sizeof(out), now);
+    tern_crypto_session_get_stats(b, &after);
+    FUZZ_CHECK(after.rekeys_received == after.recv_key_generation &&
+                   after.rekeys_skipped <= after.rekeys_received,
+               "rekey counts %llu, %llu at generation %llu",
+               (unsigned long long)after.rekeys_received, (unsigned long long)after.rekeys_skipped,
+               (unsigned long long)after.recv_key_generation);
+    if (r < 0)
+        FUZZ_CHECK(after.recv_key_generation == before.recv_key_generation &&
+                       after.opened == before.opened,
+                   "a refused packet (%d) moved B from generation %llu to %llu", (int)r,
+                   (unsigned long long)before.recv_key_generation,
+                   (unsigned long long)after.recv_key_generation);
     if (r >= 0) {
         sealed_pkt *match = NULL;
         for (size_t i = 0; i < n_sealed; i++) {
-            if (!sealed[i].accepted && sealed[i].len == len && memcmp(sealed[i].pkt, pkt, len) == 0) {
+            if (!sealed[i].accepted && sealed[i].len == len &&
+                memcmp(sealed[i].pkt, pkt, len) == 0) {
                 match = &sealed[i];
                 break;
             }
@@ -74,6 +96,10 @@ static tern_ssize deliver(tern_crypto_session *b, const uint8_t *pkt, size_t len
             last_acc_gen = match->gen;
         }
         any_accepted = 1;
+        /* Counters grow with generations, so B is at the highest one's. */
+        FUZZ_CHECK(after.recv_key_generation == last_acc_gen,
+                   "B at generation %llu, the highest counter accepted is of %llu",
+                   (unsigned long long)after.recv_key_generation, (unsigned long long)last_acc_gen);
     } else if (len >= TERN_PACKET_OVERHEAD && len <= TERN_PACKET_MAX) {
         size_t fill = len - TERN_PACKET_OVERHEAD;
         if (fill > sizeof(out))
@@ -85,6 +111,32 @@ static tern_ssize deliver(tern_crypto_session *b, const uint8_t *pkt, size_t len
     return r;
 }
 
+static uint64_t mix64(uint64_t x)
+{
+    x += UINT64_C(0x9e3779b97f4a7c15);
+    x = (x ^ (x >> 30)) * UINT64_C(0xbf58476d1ce4e5b9);
+    x = (x ^ (x >> 27)) * UINT64_C(0x94d049bb133111eb);
+    return x ^ (x >> 31);
+}
+
+/* The keys of one input: a hash of the whole input, so that they differ
+ * from one input to the next. With fixed keys, libFuzzer learns genuine
+ * packets from the comparisons in deliver() and offers one sealed for an
+ * earlier input as "arbitrary bytes", where it is genuine again (and the
+ * lookahead rightly accepts it two generations on). */
+static void input_keys(const uint8_t *data, size_t size, uint8_t k1[32], uint8_t k2[32])
+{
+    uint64_t h = UINT64_C(0xcbf29ce484222325);
+    for (size_t i = 0; i < size; i++) {
+        h ^= data[i];
+        h *= UINT64_C(0x100000001b3);
+    }
+    for (int j = 0; j < 32; j++) {
+        k1[j] = (uint8_t)(mix64(h + (uint64_t)(j / 8)) >> (8 * (j % 8)));
+        k2[j] = (uint8_t)(mix64(~h + (uint64_t)(j / 8)) >> (8 * (j % 8)));
+    }
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     fuzz_in in = {data, size};
@@ -93,12 +145,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (!init) {
         if (tern_crypto_init() != 0)
             abort();
-        for (int j = 0; j < 32; j++) {
-            k1[j] = (uint8_t)(0x11 * j + 1);
-            k2[j] = (uint8_t)(0x80 + j);
-        }
         init = 1;
     }
+    input_keys(data, size, k1, k2);
     n_sealed = 0;
     any_accepted = 0;
     last_acc_counter = last_acc_gen = 0;
@@ -129,8 +178,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int ops = 0;
     while (!fuzz_empty(&in) && ops++ < 256) {
         uint8_t op = fuzz_u8(&in);
-        switch (op % 6) {
-        case 0: { /* seal and deliver */
+        switch (op % 7) {
+        case 0:   /* seal and deliver */
+        case 6: { /* seal and lose */
             if (n_sealed == MAX_SEALED)
                 break;
             sealed_pkt *sp = &sealed[n_sealed];
@@ -152,13 +202,22 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             sp->gen = st.send_key_generation;
             sp->accepted = 0;
             n_sealed++;
-            int expect_ok = sp->gen <= (any_accepted ? last_acc_gen : 0) + 1 &&
-                            (!any_accepted || sp->counter > last_acc_counter);
+            if (op % 7 == 6)
+                break;
+            uint64_t base = any_accepted ? last_acc_gen : 0;
+            int in_order = !any_accepted || sp->counter > last_acc_counter;
+            int expect_ok = in_order && sp->gen <= base + TERN_PACKET_REKEY_LOOKAHEAD;
+            int expect_refused = in_order && sp->gen > base + TERN_PACKET_REKEY_LOOKAHEAD;
             tern_ssize o = deliver(b, sp->pkt, sp->len, now);
-            FUZZ_CHECK(o >= 0 || !expect_ok,
-                       "genuine in-order packet (counter %llu, gen %llu, last gen %llu) refused: %d",
-                       (unsigned long long)sp->counter, (unsigned long long)sp->gen,
-                       (unsigned long long)last_acc_gen, (int)o);
+            FUZZ_CHECK(
+                o >= 0 || !expect_ok,
+                "genuine in-order packet (counter %llu, gen %llu, last gen %llu) refused: %d",
+                (unsigned long long)sp->counter, (unsigned long long)sp->gen,
+                (unsigned long long)last_acc_gen, (int)o);
+            FUZZ_CHECK(o < 0 || !expect_refused,
+                       "packet of gen %llu accepted with the last accepted of gen %llu, beyond "
+                       "the lookahead",
+                       (unsigned long long)sp->gen, (unsigned long long)last_acc_gen);
             break;
         }
         case 1: { /* a mutated copy */
@@ -210,8 +269,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     uint64_t acc = 0;
     for (size_t i = 0; i < n_sealed; i++)
         acc += (uint64_t)sealed[i].accepted;
-    FUZZ_CHECK(sb.opened == acc, "stats say %llu opened, %llu were",
-               (unsigned long long)sb.opened, (unsigned long long)acc);
+    FUZZ_CHECK(sb.opened == acc, "stats say %llu opened, %llu were", (unsigned long long)sb.opened,
+               (unsigned long long)acc);
     tern_crypto_session_del(a);
     tern_crypto_session_del(b);
     FUZZ_CHECK(alloc_a.live_allocs == 0 && alloc_b.live_allocs == 0, "leak: %zu + %zu blocks",

@@ -2,7 +2,8 @@
  * real NK and IK handshakes, round trips both ways, every bit of a packet
  * flipped, truncation, wrong receiver id, replays, reordering, the replay
  * window's edge, rekeying by count and by time with packets reordered
- * across the phase flip, the old key's grace, the hard limits, and the
+ * across the phase flip, the old key's grace, the receiver's lookahead
+ * over generations lost whole (and its bound), the hard limits, and the
  * stats that count each refusal. All in virtual time. */
 #include <criterion/criterion.h>
 #include <sodium.h>
@@ -559,6 +560,323 @@ Test(packet, rekey_under_continuous_reordered_traffic)
     cr_assert_eq(st.opened, N);
     cr_assert_eq(st.replays, dups);
     cr_assert_eq(st.rekeys_received, N / 50 - 1);
+    peers_del(&p);
+}
+
+/* ---- generations lost whole: the receiver's lookahead ---- */
+
+/* The receiver's state as the stats show it: with the window, which a
+ * caller sees only through what it accepts, this is what must not move on
+ * a failure. */
+static void same_receiving_state(const tern_crypto_session_stats *a,
+                                 const tern_crypto_session_stats *b)
+{
+    cr_assert_eq(a->recv_key_generation, b->recv_key_generation);
+    cr_assert_eq(a->rekeys_received, b->rekeys_received);
+    cr_assert_eq(a->rekeys_skipped, b->rekeys_skipped);
+    cr_assert_eq(a->opened, b->opened);
+}
+
+/* Rekeying by count every 5 packets; all 5 of the middle generation are
+ * lost. The first packet two generations on opens (one lookahead try), the
+ * receiver jumps by 2, and the rest of that generation costs one attempt
+ * each. */
+Test(packet, lookahead_jumps_a_generation_lost_whole)
+{
+    peers p;
+    tern_crypto_session_config c = cfg_with(5, UINT64_MAX);
+    static pkt q[15];
+    peers_new(&p, "NK", &c, 0);
+    for (uint32_t k = 0; k < 15; k++)
+        seal(p.i, &q[k], k, 24, 0);
+    cr_assert_eq(stats(p.i).send_key_generation, 2U);
+    cr_assert_eq(q[10].b[0], TERN_PACKET_TYPE_DATA); /* phase 0 again, as generation 0 */
+    for (uint32_t k = 0; k < 5; k++)
+        open_ok(p.r, &q[k], 1);
+    /* q[5..9], generation 1, are lost. */
+    open_ok(p.r, &q[10], 2);
+    tern_crypto_session_stats st = stats(p.r);
+    cr_assert_eq(st.recv_key_generation, 2U);
+    cr_assert_eq(st.rekeys_received, 2U);
+    cr_assert_eq(st.rekeys_skipped, 1U);
+    cr_assert_eq(st.lookahead_tries, 1U);
+    cr_assert_eq(st.auth_failures, 0U); /* the failed first attempt is no failure */
+    for (uint32_t k = 11; k < 15; k++)
+        open_ok(p.r, &q[k], 3);
+    st = stats(p.r);
+    cr_assert_eq(st.lookahead_tries, 1U);
+    cr_assert_eq(st.opened, 10U);
+    /* The sender goes on rekeying; the receiver follows one step at a time. */
+    pkt a;
+    for (uint32_t k = 0; k < 12; k++) {
+        seal(p.i, &a, 100 + k, 24, 4);
+        open_ok(p.r, &a, 4);
+    }
+    st = stats(p.r);
+    cr_assert_eq(st.recv_key_generation, stats(p.i).send_key_generation);
+    cr_assert_eq(st.rekeys_received, st.recv_key_generation);
+    cr_assert_eq(st.lookahead_tries, 1U);
+    peers_del(&p);
+}
+
+/* Three generations on: the other phase, so g + 1 is tried first, then
+ * g + 3. */
+Test(packet, lookahead_reaches_three_generations)
+{
+    peers p;
+    tern_crypto_session_config c = cfg_with(5, UINT64_MAX);
+    static pkt q[20];
+    peers_new(&p, "IK", &c, 0);
+    for (uint32_t k = 0; k < 20; k++)
+        seal(p.r, &q[k], k, 40, 0); /* the responder's direction this time */
+    cr_assert_eq(q[15].b[0], TERN_PACKET_TYPE_DATA | TERN_PACKET_KEY_PHASE);
+    open_ok(p.i, &q[2], 0);
+    /* q[3..14] lost: the rest of generation 0, and 1 and 2 whole. */
+    open_ok(p.i, &q[17], 10);
+    tern_crypto_session_stats st = stats(p.i);
+    cr_assert_eq(st.recv_key_generation, 3U);
+    cr_assert_eq(st.rekeys_received, 3U);
+    cr_assert_eq(st.rekeys_skipped, 2U);
+    cr_assert_eq(st.lookahead_tries, 1U);
+    /* Reordered within generation 3: below the highest counter, one try. */
+    open_ok(p.i, &q[15], 10);
+    open_ok(p.i, &q[16], 10);
+    open_ok(p.i, &q[18], 10);
+    open_ok(p.i, &q[19], 10);
+    cr_assert_eq(stats(p.i).lookahead_tries, 1U);
+    cr_assert_eq(stats(p.i).auth_failures, 0U);
+    peers_del(&p);
+}
+
+/* Even before the first packet: the sender rekeyed twice, nothing came. */
+Test(packet, lookahead_before_the_first_packet)
+{
+    peers p;
+    pkt a;
+    peers_new(&p, "NK", NULL, 0);
+    cr_assert_eq(tern_crypto_session_rekey(p.i, 0), 0);
+    cr_assert_eq(tern_crypto_session_rekey(p.i, 0), 0);
+    seal(p.i, &a, 1, 10, 0);
+    open_ok(p.r, &a, 0);
+    cr_assert_eq(stats(p.r).recv_key_generation, 2U);
+    cr_assert_eq(stats(p.r).rekeys_skipped, 1U);
+    peers_del(&p);
+}
+
+/* One generation more than the lookahead: the packet fails, nothing moves,
+ * and that direction keeps failing whatever the sender does next (the
+ * documented bound: the session's timeouts end it). */
+Test(packet, lookahead_bound_fails_and_changes_nothing)
+{
+    peers p;
+    pkt a0, a1, x, y;
+    peers_new(&p, "NK", NULL, 0);
+    seal(p.i, &a0, 1, 10, 0);
+    seal(p.i, &a1, 2, 10, 0); /* held back */
+    open_ok(p.r, &a0, 0);
+    for (unsigned k = 0; k < TERN_PACKET_REKEY_LOOKAHEAD + 1; k++)
+        cr_assert_eq(tern_crypto_session_rekey(p.i, 0), 0);
+    /* Far ahead too: had the window moved, a1 would then be too old. */
+    tern_packet_set_next_counter(p.i, 100000);
+    seal(p.i, &x, 3, 10, 0);
+    tern_crypto_session_stats before = stats(p.r);
+    open_fails(p.r, x.b, x.len, TERN_ERR_DECRYPT, 0);
+    tern_crypto_session_stats st = stats(p.r);
+    same_receiving_state(&before, &st);
+    cr_assert_eq(st.auth_failures, 1U);
+    cr_assert_eq(st.lookahead_tries, 1U); /* counted once, per packet */
+    cr_assert_eq(st.recv_key_generation, 0U);
+    open_ok(p.r, &a1, 0); /* window and key as they were */
+    open_fails(p.r, x.b, x.len, TERN_ERR_DECRYPT, 0);
+    /* Whatever the sender does next stays out of reach. */
+    for (int k = 0; k < 6; k++) {
+        seal(p.i, &y, 4, 10, 0);
+        open_fails(p.r, y.b, y.len, TERN_ERR_DECRYPT, 0);
+        cr_assert_eq(tern_crypto_session_rekey(p.i, 0), 0);
+    }
+    st = stats(p.r);
+    cr_assert_eq(st.recv_key_generation, 0U);
+    cr_assert_eq(st.opened, 2U);
+    cr_assert_eq(st.auth_failures, 8U);
+    cr_assert_eq(st.lookahead_tries, 8U);
+    peers_del(&p);
+}
+
+/* After a jump of two, a late packet of the generation jumped past opens
+ * under the previous key while its grace lasts, then expires; a late packet
+ * of the generation before that (the current phase, below the switch
+ * point) fails to authenticate and changes nothing. */
+Test(packet, lookahead_late_packets_after_a_jump)
+{
+    peers p;
+    tern_crypto_session_config c = cfg_with(UINT64_MAX, UINT64_MAX);
+    c.old_key_grace_ms = 500;
+    pkt g0a, g0b, g1a, g1b, g1c, g2a, g2b;
+    peers_new(&p, "NK", &c, 0);
+    seal(p.i, &g0a, 1, 10, 0);
+    seal(p.i, &g0b, 2, 10, 0);
+    cr_assert_eq(tern_crypto_session_rekey(p.i, 0), 0);
+    seal(p.i, &g1a, 3, 10, 0);
+    seal(p.i, &g1b, 4, 10, 0);
+    seal(p.i, &g1c, 5, 10, 0);
+    cr_assert_eq(tern_crypto_session_rekey(p.i, 0), 0);
+    seal(p.i, &g2a, 6, 10, 0);
+    seal(p.i, &g2b, 7, 10, 0);
+
+    open_ok(p.r, &g0a, 100);
+    open_ok(p.r, &g2a, 200); /* the jump; generation 1 is the previous key until 700 */
+    cr_assert_eq(stats(p.r).recv_key_generation, 2U);
+    open_ok(p.r, &g1b, 300); /* reordered behind the jump, in the grace */
+    cr_assert_eq(stats(p.r).opened_old_key, 1U);
+
+    tern_crypto_session_stats before = stats(p.r);
+    open_fails(p.r, g0b.b, g0b.len, TERN_ERR_DECRYPT, 300);
+    tern_crypto_session_stats st = stats(p.r);
+    same_receiving_state(&before, &st);
+    cr_assert_eq(st.lookahead_tries, 1U); /* below the highest: no second try */
+
+    open_fails(p.r, g1c.b, g1c.len, TERN_ERR_EXPIRED, 700); /* the grace is over */
+    cr_assert_eq(stats(p.r).expired, 1U);
+    open_ok(p.r, &g2b, 700);
+    /* g1a never came; the sender's next generation is one step ahead. */
+    cr_assert_eq(tern_crypto_session_rekey(p.i, 800), 0);
+    pkt g3;
+    seal(p.i, &g3, 8, 10, 800);
+    open_ok(p.r, &g3, 800);
+    cr_assert_eq(stats(p.r).recv_key_generation, 3U);
+    cr_assert_eq(stats(p.r).lookahead_tries, 1U);
+    (void)g1a;
+    peers_del(&p);
+}
+
+/* Forgeries cost the lookahead try only with a counter above every one
+ * accepted, and never change the receiving state. */
+Test(packet, lookahead_forgeries_change_nothing)
+{
+    peers p;
+    pkt a, b, c, f, g2;
+    peers_new(&p, "NK", NULL, 0);
+    seal(p.i, &a, 1, 10, 0);
+    seal(p.i, &b, 2, 10, 0); /* held back: counter 1 */
+    seal(p.i, &c, 3, 10, 0);
+    open_ok(p.r, &a, 0);
+    open_ok(p.r, &c, 0);
+
+    /* The current phase, a counter far ahead: current key, then g + 2. */
+    f = b;
+    f.b[12] = 0x40;
+    tern_crypto_session_stats before = stats(p.r);
+    open_fails(p.r, f.b, f.len, TERN_ERR_DECRYPT, 0);
+    tern_crypto_session_stats st = stats(p.r);
+    same_receiving_state(&before, &st);
+    cr_assert_eq(st.lookahead_tries, 1U);
+    cr_assert_eq(st.auth_failures, 1U);
+
+    /* The other phase, far ahead: g + 1, then g + 3. */
+    f.b[0] ^= TERN_PACKET_KEY_PHASE;
+    open_fails(p.r, f.b, f.len, TERN_ERR_DECRYPT, 0);
+    st = stats(p.r);
+    same_receiving_state(&before, &st);
+    cr_assert_eq(st.lookahead_tries, 2U);
+    cr_assert_eq(st.auth_failures, 2U);
+
+    /* Random bytes behind a valid header, either phase. */
+    for (int ph = 0; ph < 2; ph++) {
+        f = b;
+        f.b[0] = (uint8_t)(TERN_PACKET_TYPE_DATA | (ph ? TERN_PACKET_KEY_PHASE : 0U));
+        f.b[5] = 0x77;
+        randombytes_buf(f.b + TERN_PACKET_HEADER_BYTES, f.len - TERN_PACKET_HEADER_BYTES);
+        open_fails(p.r, f.b, f.len, TERN_ERR_DECRYPT, 0);
+    }
+    st = stats(p.r);
+    same_receiving_state(&before, &st);
+    cr_assert_eq(st.lookahead_tries, 4U);
+
+    /* A tampered byte in a genuine packet two generations on: no jump. */
+    cr_assert_eq(tern_crypto_session_rekey(p.i, 0), 0);
+    cr_assert_eq(tern_crypto_session_rekey(p.i, 0), 0);
+    seal(p.i, &g2, 3, 10, 0);
+    f = g2;
+    f.b[TERN_PACKET_HEADER_BYTES] ^= 1;
+    open_fails(p.r, f.b, f.len, TERN_ERR_DECRYPT, 0);
+    st = stats(p.r);
+    same_receiving_state(&before, &st);
+    cr_assert_eq(st.lookahead_tries, 5U);
+
+    /* A forgery below the highest counter accepted gets one attempt. */
+    f = b;
+    f.b[TERN_PACKET_HEADER_BYTES] ^= 1;
+    open_fails(p.r, f.b, f.len, TERN_ERR_DECRYPT, 0);
+    cr_assert_eq(stats(p.r).lookahead_tries, 5U);
+    cr_assert_eq(stats(p.r).auth_failures, 6U);
+
+    /* None of it moved anything: b, then the genuine g2, open. */
+    open_ok(p.r, &b, 0);
+    open_ok(p.r, &g2, 0);
+    cr_assert_eq(stats(p.r).recv_key_generation, 2U);
+    peers_del(&p);
+}
+
+/* A replay after a jump is still a replay, whichever generation it came
+ * under. */
+Test(packet, lookahead_replays_after_a_jump)
+{
+    peers p;
+    pkt a, b;
+    peers_new(&p, "NK", NULL, 0);
+    seal(p.i, &a, 1, 10, 0);
+    open_ok(p.r, &a, 0);
+    cr_assert_eq(tern_crypto_session_rekey(p.i, 0), 0);
+    cr_assert_eq(tern_crypto_session_rekey(p.i, 0), 0);
+    cr_assert_eq(tern_crypto_session_rekey(p.i, 0), 0);
+    seal(p.i, &b, 2, 10, 0);
+    open_ok(p.r, &b, 0);
+    cr_assert_eq(stats(p.r).recv_key_generation, 3U);
+    open_fails(p.r, b.b, b.len, TERN_ERR_REPLAY, 0);
+    open_fails(p.r, a.b, a.len, TERN_ERR_REPLAY, 0);
+    tern_crypto_session_stats st = stats(p.r);
+    cr_assert_eq(st.replays, 2U);
+    cr_assert_eq(st.recv_key_generation, 3U);
+    cr_assert_eq(st.lookahead_tries, 1U); /* refused before any AEAD */
+    peers_del(&p);
+}
+
+/* Rekeying by time while nothing gets through: the sender's key changes
+ * every second, the receiver hears generation 0, then generation 2 two
+ * seconds later. By then its current key is past its hard limit (1.5 s), so
+ * only the lookahead is tried; a forgery then counts as expired. */
+Test(packet, lookahead_after_time_rekeys)
+{
+    peers p;
+    tern_crypto_session_config c = cfg_with(UINT64_MAX, 1000);
+    c.reject_after_ms = 1500;
+    pkt g0, g1, g2, g2b, f;
+    peers_new(&p, "NK", &c, 0);
+    seal(p.i, &g0, 1, 10, 0);
+    seal(p.i, &g1, 2, 10, 1000);
+    seal(p.i, &g2, 3, 10, 2000);
+    seal(p.i, &g2b, 4, 10, 2100);
+    cr_assert_eq(stats(p.i).send_key_generation, 2U);
+    open_ok(p.r, &g0, 10);
+    /* g1 is lost. */
+    f = g2b;
+    f.b[20] ^= 0x10;
+    open_fails(p.r, f.b, f.len, TERN_ERR_EXPIRED, 2050);
+    tern_crypto_session_stats st = stats(p.r);
+    cr_assert_eq(st.expired, 1U);
+    cr_assert_eq(st.auth_failures, 0U);
+    cr_assert_eq(st.lookahead_tries, 1U);
+    cr_assert_eq(st.recv_key_generation, 0U);
+    open_ok(p.r, &g2, 2050);
+    open_ok(p.r, &g2b, 2150);
+    st = stats(p.r);
+    cr_assert_eq(st.recv_key_generation, 2U);
+    cr_assert_eq(st.rekeys_skipped, 1U);
+    cr_assert_eq(st.lookahead_tries, 2U);
+    cr_assert_eq(st.expired, 1U);
+    /* Generation 1 arrives late, within the grace: the previous key. */
+    open_ok(p.r, &g1, 2200);
+    cr_assert_eq(stats(p.r).opened_old_key, 1U);
     peers_del(&p);
 }
 

@@ -28,9 +28,28 @@
  * the one that installed its current key, tries the next key; if the packet
  * authenticates it switches to that key and keeps the previous one for
  * old_key_grace_ms, for packets reordered across the switch. After that
- * grace, packets under the previous key fail with TERN_ERR_EXPIRED. Only
- * one step ahead is tried: a sender must not rekey twice within the
- * receiver's reordering span (with the defaults it cannot).
+ * grace, packets under the previous key fail with TERN_ERR_EXPIRED.
+ *
+ * A sender may rekey more than once while every packet of a generation is
+ * lost (a partition), so the receiver keeps the keys of the next
+ * TERN_PACKET_REKEY_LOOKAHEAD generations derived in advance. A packet
+ * whose counter is above every counter opened so far (so it cannot be a
+ * late packet of the current generation) and that fails under the key its
+ * phase names first (the current key for the same phase, the next for the
+ * other) gets one more try: two generations further (the current key + 2,
+ * or + 3). So a packet costs at most two AEAD attempts, the second counted
+ * in lookahead_tries. On success the receiver jumps to that generation
+ * (rekeys_skipped counts the generations it jumped past), and the one just
+ * before it becomes the previous key, with the usual grace; late packets of
+ * older generations then fail to authenticate. A gap of more than
+ * TERN_PACKET_REKEY_LOOKAHEAD generations is not bridged: every later
+ * packet of that direction fails authentication until the session ends
+ * (the transport's idle or dead-link timeout ends it). With the defaults
+ * even a jump of two needs every packet of a whole generation lost: 120 s
+ * of them (the time rekey; the transport pings every 5 s), or 2^22 AES-GCM
+ * packets; the transport ends a session that hears nothing for 30 s first.
+ * So the lookahead matters for shorter rekey settings and for senders that
+ * send rarely and have no keepalive.
  *
  * Hard limits: a key that has sealed reject_after_packets packets, or that
  * was installed reject_after_ms ago, is never used again, by either side;
@@ -67,6 +86,10 @@ extern "C" {
 #define TERN_PACKET_MAX 65535U       /* a whole packet, header and tag included */
 #define TERN_PACKET_PAYLOAD_MAX (TERN_PACKET_MAX - TERN_PACKET_OVERHEAD)
 #define TERN_PACKET_REPLAY_WINDOW 4032U /* counters accepted below the highest */
+/* Key generations the receiver can jump ahead by when every packet of the
+ * ones between was lost. 3 is the most that two AEAD attempts per packet
+ * reach (the same phase: + 0, then + 2; the other: + 1, then + 3). */
+#define TERN_PACKET_REKEY_LOOKAHEAD 3U
 
 /* The rekeying defaults (milliseconds, packets). The packet limits depend on
  * the AEAD: ChaCha20-Poly1305 has no practical confidentiality limit, so
@@ -124,7 +147,12 @@ typedef struct tern_crypto_session_stats {
     uint64_t malformed;           /* too short, wrong type, reserved counter */
     uint64_t wrong_id;            /* receiver id not ours */
     uint64_t rekeys_sent;         /* sending key replaced */
-    uint64_t rekeys_received;     /* receiving key replaced (peer's phase flipped) */
+    uint64_t rekeys_received;     /* generations the receiving key moved on (a jump of k
+                                     counts k), so equal to recv_key_generation */
+    uint64_t rekeys_skipped;      /* of those, generations jumped past: no packet of
+                                     theirs had opened (lost, or a partition) */
+    uint64_t lookahead_tries;     /* second AEAD attempts, two generations ahead of
+                                     the first key tried (see above) */
     uint64_t send_key_generation; /* rekeys of each direction so far */
     uint64_t recv_key_generation;
     uint64_t next_send_counter;
@@ -173,9 +201,9 @@ TERN_API tern_ssize tern_crypto_session_seal(tern_crypto_session *s, const uint8
 
 /* Opens one DATA packet into out (which must not overlap pkt). The header
  * is parsed and checked, the counter checked against the replay window,
- * then the payload authenticated; only then is the counter recorded and,
- * for a packet of the next key phase, the receiving key switched. Returns
- * the payload length, or:
+ * then the payload authenticated (under at most two keys, see above); only
+ * then is the counter recorded and, for a packet of a later key generation,
+ * the receiving key switched. Returns the payload length, or:
  *   TERN_ERR_MSGSIZE    pkt_len exceeds TERN_PACKET_MAX;
  *   TERN_ERR_MALFORMED  shorter than TERN_PACKET_OVERHEAD, not a DATA type,
  *                       or the reserved counter 2^64 - 1;
@@ -184,9 +212,12 @@ TERN_API tern_ssize tern_crypto_session_seal(tern_crypto_session *s, const uint8
  *   TERN_ERR_REPLAY     the counter was accepted before, or is behind the
  *                       window;
  *   TERN_ERR_EXPIRED    under the previous key after its grace, or under a
- *                       key past its hard limit;
+ *                       key past its hard limit (and not under the one two
+ *                       generations ahead either);
  *   TERN_ERR_DECRYPT    authentication failed (tampered, forged, or under a
- *                       key this session does not have).
+ *                       key this session does not have: a late packet of a
+ *                       generation jumped past, or one more than
+ *                       TERN_PACKET_REKEY_LOOKAHEAD generations ahead).
  * On any error the session is unchanged except its stats, and the bytes of
  * out the payload would have filled (up to out_cap) are zeroed. */
 TERN_API tern_ssize tern_crypto_session_open(tern_crypto_session *s, const uint8_t *pkt,
