@@ -25,7 +25,7 @@
 
 # Every Debian package the build, the tests and (later) fuzzing need.
 TERN_PKGS ?= cmake pkg-config gcc make libuv1-dev libsodium-dev libcriterion-dev libjansson-dev \
-	clang libclang-rt-14-dev valgrind
+	libssl-dev clang libclang-rt-14-dev valgrind
 
 CMAKE ?= cmake
 CTEST ?= ctest
@@ -63,7 +63,7 @@ SAN_ENV := ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 # engine and the packet layer: what untrusted datagrams reach), which costs
 # about a minute on 2 cores. Logs go to build/valgrind/<test>/<pid>.log.
 VALGRIND_TESTS ?= test_kcp test_reasm $(sort $(patsubst tests/%.c,%,$(wildcard tests/test_crypto_*.c)))
-VALGRIND_QUICK ?= test_kcp test_crypto_packet test_crypto_replay
+VALGRIND_QUICK ?= test_kcp test_crypto_packet test_crypto_replay test_crypto_aead_ctx
 VALGRIND_DIR := $(BUILD_DIR)/valgrind
 
 # make test ends with a bounded libFuzzer slice: every harness for this many

@@ -53,6 +53,10 @@ struct tern_crypto_session {
     uint64_t switch_counter;
     tern_replay window;
 
+    /* Where seal and open run: own_* unless the owner shares its pair. */
+    tern_aead_ctx own_seal, own_open;
+    tern_aead_ctx *seal_aead, *open_aead;
+
     tern_crypto_session_stats stats;
 };
 
@@ -165,6 +169,11 @@ static int fill_config(tern_crypto_session_config *dst, const tern_crypto_sessio
         tern_crypto_session_config_default(dst);
     if (dst->rekey_after_ms == 0 || dst->reject_after_ms == 0)
         return TERN_ERR_INVAL;
+    if (dst->aead_impl != TERN_AEAD_IMPL_AUTO && dst->aead_impl != TERN_AEAD_IMPL_LIBSODIUM &&
+        dst->aead_impl != TERN_AEAD_IMPL_OPENSSL)
+        return TERN_ERR_INVAL;
+    if (!tern_aead_impl_available(dst->aead_impl))
+        return TERN_ERR_UNSUPPORTED;
     bool aes = c == TERN_NOISE_AESGCM;
     if (dst->rekey_after_packets == 0)
         dst->rekey_after_packets =
@@ -192,6 +201,11 @@ static int session_alloc(tern_crypto_session **out, tern_noise_cipher c,
     s->mem = m;
     s->cfg = conf;
     s->cipher = c;
+    /* Cannot fail: fill_config() checked the choice. */
+    (void)tern_aead_ctx_init(&s->own_seal, conf.aead_impl);
+    (void)tern_aead_ctx_init(&s->own_open, conf.aead_impl);
+    s->seal_aead = &s->own_seal;
+    s->open_aead = &s->own_open;
     tern_replay_init(&s->window);
     *out = s;
     return 0;
@@ -281,6 +295,8 @@ void tern_crypto_session_del(tern_crypto_session *s)
     if (!s)
         return;
     tern_mem mem = s->mem;
+    tern_aead_ctx_clear(&s->own_seal);
+    tern_aead_ctx_clear(&s->own_open);
     sodium_memzero(s, sizeof(*s));
     tern_mem_free(&mem, s);
 }
@@ -290,6 +306,12 @@ void tern_crypto_session_del(tern_crypto_session *s)
 void tern_packet_set_next_counter(tern_crypto_session *s, uint64_t next)
 {
     s->next_counter = next;
+}
+
+void tern_packet_share_aead(tern_crypto_session *s, tern_aead_ctx *seal, tern_aead_ctx *open)
+{
+    s->seal_aead = seal;
+    s->open_aead = open;
 }
 
 static void rekey_tx(tern_crypto_session *s, tern_ms now)
@@ -341,8 +363,8 @@ tern_ssize tern_crypto_session_seal(tern_crypto_session *s, const uint8_t *paylo
     out[0] = (uint8_t)(TERN_PACKET_TYPE_DATA | ((s->send_gen & 1U) ? TERN_PACKET_KEY_PHASE : 0U));
     put_le32(out + 1, s->cfg.remote_id);
     put_le64(out + 5, n);
-    int rc =
-        tern_noise_aead_seal(s->cipher, &s->tx.k, n, out, HDR, payload, payload_len, out + HDR);
+    int rc = tern_aead_ctx_seal(s->seal_aead, s->cipher, &s->tx.k, n, out, HDR, payload,
+                                payload_len, out + HDR);
     if (rc < 0) {
         sodium_memzero(out, payload_len + OVERHEAD);
         return rc;
@@ -373,12 +395,12 @@ static tern_ssize fail(uint8_t *out, size_t wipe, tern_ssize rc)
 }
 
 /* One AEAD attempt; on failure the pt_len bytes of out are zero. */
-static int open_with(const tern_crypto_session *s, const tern_key *k, uint64_t n,
-                     const uint8_t *pkt, size_t pkt_len, uint8_t *out, size_t pt_len)
+static int open_with(tern_crypto_session *s, const tern_key *k, uint64_t n, const uint8_t *pkt,
+                     size_t pkt_len, uint8_t *out, size_t pt_len)
 {
     uint8_t none[1];
-    return tern_noise_aead_open(s->cipher, k, n, pkt, HDR, pkt + HDR, pkt_len - HDR,
-                                pt_len ? out : none);
+    return tern_aead_ctx_open(s->open_aead, s->cipher, k, n, pkt, HDR, pkt + HDR, pkt_len - HDR,
+                              pt_len ? out : none);
 }
 
 /* A packet under the key step generations ahead authenticated (counter n):

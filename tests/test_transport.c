@@ -191,12 +191,19 @@ static void setup_keys(void)
         psk.b[i] = (uint8_t)(i * 7 + 1);
 }
 
+/* Which library each side seals and opens with, and the cipher. */
+static tern_aead_impl srv_aead, cli_aead;
+static const char *cipher_name;
+
 static void configs(tern_security sec, const char *pattern, tern_endpoint_config *srv,
                     tern_endpoint_config *cli)
 {
     tern_endpoint_config_default(srv);
     tern_endpoint_config_default(cli);
     srv->security = cli->security = sec;
+    srv->aead_impl = srv_aead;
+    cli->aead_impl = cli_aead;
+    srv->noise.cipher = cli->noise.cipher = cipher_name;
     srv->noise.pattern = cli->noise.pattern = pattern;
     if (sec == TERN_SECURITY_NOISE) {
         if (strcmp(pattern, "NNpsk0") == 0) {
@@ -279,6 +286,25 @@ Test(transport, echo_noise_ikpsk2)
 Test(transport, echo_noise_nnpsk0)
 {
     run_echo(TERN_SECURITY_NOISE, "NNpsk0", 256 << 10);
+}
+
+/* OpenSSL on one side, libsodium on the other, each way round, with every
+ * cipher both can run here. */
+Test(transport, echo_across_aead_libraries)
+{
+    if (!tern_aead_impl_available(TERN_AEAD_IMPL_OPENSSL))
+        cr_skip_test("built without OpenSSL (TERN_OPENSSL)");
+    const char *ciphers[] = {"ChaChaPoly", "AESGCM"};
+    size_t n = tern_crypto_aesgcm_available() ? 2 : 1;
+    for (size_t c = 0; c < n; c++) {
+        cipher_name = ciphers[c];
+        srv_aead = TERN_AEAD_IMPL_OPENSSL;
+        cli_aead = TERN_AEAD_IMPL_LIBSODIUM;
+        run_echo(TERN_SECURITY_NOISE, "NK", 256 << 10);
+        srv_aead = TERN_AEAD_IMPL_LIBSODIUM;
+        cli_aead = TERN_AEAD_IMPL_OPENSSL;
+        run_echo(TERN_SECURITY_NOISE, "NK", 256 << 10);
+    }
 }
 
 static bool messages_done(void *arg)

@@ -473,6 +473,16 @@ Test(life, bad_configs_are_refused)
     cfg.reassembly_max = cfg.message_max - 1;
     cr_assert_eq(tern_endpoint_new(&ep, &loop, (const struct sockaddr *)&any, &cfg),
                  TERN_ERR_RANGE);
+    tern_endpoint_config_default(&cfg);
+    cfg.security = TERN_SECURITY_PLAINTEXT;
+    cfg.aead_impl = (tern_aead_impl)9;
+    cr_assert_eq(tern_endpoint_new(&ep, &loop, (const struct sockaddr *)&any, &cfg),
+                 TERN_ERR_INVAL);
+    if (!tern_aead_impl_available(TERN_AEAD_IMPL_OPENSSL)) {
+        cfg.aead_impl = TERN_AEAD_IMPL_OPENSSL;
+        cr_assert_eq(tern_endpoint_new(&ep, &loop, (const struct sockaddr *)&any, &cfg),
+                     TERN_ERR_UNSUPPORTED);
+    }
     cr_assert_null(ep);
     /* A port already taken is an I/O error, not a crash. */
     tern_endpoint_config_default(&cfg);

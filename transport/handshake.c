@@ -17,6 +17,7 @@
 #include <sodium.h>
 #include <string.h>
 
+#include "crypto/packet_internal.h"
 #include "transport/internal.h"
 
 #define NOISE_RESP_BYTES 48U /* e, empty payload + tag: every pattern we offer */
@@ -163,7 +164,10 @@ void tern_ep_handle_resp(tern_endpoint *ep, const uint8_t *p, size_t len,
         cc.remote_id = s->remote_id;
         if (tern_noise_get_remote_static(s->hs, &s->peer_key) == 0)
             s->has_peer_key = true;
+        cc.aead_impl = ep->cfg.aead_impl;
         int rc = tern_crypto_session_new(&s->crypto, s->hs, &cc, &ep->mem, now);
+        if (rc == 0)
+            tern_packet_share_aead(s->crypto, &ep->seal_aead, &ep->open_aead);
         tern_noise_del(s->hs);
         s->hs = NULL;
         if (rc < 0) {
@@ -336,7 +340,10 @@ void tern_ep_handle_init(tern_endpoint *ep, const uint8_t *p, size_t len,
             tern_crypto_session_config_default(&cc);
             cc.local_id = s->local_id;
             cc.remote_id = sender;
+            cc.aead_impl = ep->cfg.aead_impl;
             rc = tern_crypto_session_new(&s->crypto, hs, &cc, &ep->mem, now);
+            if (rc == 0)
+                tern_packet_share_aead(s->crypto, &ep->seal_aead, &ep->open_aead);
         }
         tern_noise_del(hs);
         if (rc < 0) {

@@ -5,6 +5,7 @@
 #include <stdbool.h>
 
 #include "common/mem.h"
+#include "crypto/aead_ctx.h"
 #include "tern/transport.h"
 #include "transport/map.h"
 #include "transport/reasm.h"
@@ -198,6 +199,9 @@ struct tern_endpoint {
     uint8_t payload[TERN_PACKET_MAX];  /* a flush builds a DATA payload here */
     uint8_t inbuf[TERN_PACKET_MAX];    /* an opened DATA payload */
     uint8_t scratch[TERN_PACKET_MAX];
+    /* Every session seals and opens through these (tern_packet_share_aead()):
+     * one pair of keyed AEAD contexts for the endpoint, not one per session. */
+    tern_aead_ctx seal_aead, open_aead;
 };
 
 /* addr.c */

@@ -50,6 +50,11 @@ static int check_config(const tern_endpoint_config *cfg)
         return TERN_ERR_RANGE;
     if (cfg->dscp > 63)
         return TERN_ERR_RANGE;
+    if (cfg->aead_impl != TERN_AEAD_IMPL_AUTO && cfg->aead_impl != TERN_AEAD_IMPL_LIBSODIUM &&
+        cfg->aead_impl != TERN_AEAD_IMPL_OPENSSL)
+        return TERN_ERR_INVAL;
+    if (!tern_aead_impl_available(cfg->aead_impl))
+        return TERN_ERR_UNSUPPORTED;
     for (uint32_t c = 0; c < cfg->n_channels; c++) {
         const tern_channel_config *ch = &cfg->channels[c];
         if (ch->kind > TERN_CHANNEL_UNRELIABLE_SEQUENCED || ch->priority >= TERN_PRIORITY_LEVELS ||
@@ -155,6 +160,8 @@ static void free_endpoint(tern_endpoint *ep)
     tern_mem_free(&mem, ep->msgbuf);
     tern_cookie_server_del(ep->cookie_server);
     tern_ratelimit_del(ep->ratelimit);
+    tern_aead_ctx_clear(&ep->seal_aead);
+    tern_aead_ctx_clear(&ep->open_aead);
     sodium_memzero(&ep->static_key, sizeof(ep->static_key));
     sodium_memzero(&ep->psk, sizeof(ep->psk));
     sodium_memzero(ep->hash_key, sizeof(ep->hash_key));
@@ -186,6 +193,9 @@ int tern_endpoint_new(tern_endpoint **out, uv_loop_t *loop, const struct sockadd
     ep->timer_at = UINT64_MAX;
     tern_map_init(&ep->by_id, &ep->mem);
     tern_map_init(&ep->by_key, &ep->mem);
+    /* Cannot fail: check_config() checked the choice. */
+    (void)tern_aead_ctx_init(&ep->seal_aead, cfg->aead_impl);
+    (void)tern_aead_ctx_init(&ep->open_aead, cfg->aead_impl);
     randombytes_buf(ep->hash_key, sizeof(ep->hash_key));
     rc = copy_keys(ep, cfg);
     if (rc == 0 && ep->cfg.security == TERN_SECURITY_NOISE) {

@@ -112,6 +112,19 @@ typedef enum tern_aead {
     TERN_AEAD_AESGCM = 1      /* AES-256-GCM, where tern_crypto_aesgcm_available() */
 } tern_aead;
 
+/* Which library computes the packet AEAD. Both give the same bytes (tests
+ * check each against the other); OpenSSL's, where tern was built with it
+ * (TERN_OPENSSL), is the faster on x86-64. AUTO: OpenSSL if built in, else
+ * libsodium. The handshake always uses libsodium. */
+typedef enum tern_aead_impl {
+    TERN_AEAD_IMPL_AUTO = 0,
+    TERN_AEAD_IMPL_LIBSODIUM = 1,
+    TERN_AEAD_IMPL_OPENSSL = 2
+} tern_aead_impl;
+
+/* Whether this build can use impl (AUTO and LIBSODIUM always). */
+TERN_API bool tern_aead_impl_available(tern_aead_impl impl);
+
 typedef struct tern_crypto_session tern_crypto_session;
 
 typedef struct tern_crypto_session_config {
@@ -130,6 +143,9 @@ typedef struct tern_crypto_session_config {
     tern_ms reject_after_ms;
     /* How long the receiver keeps the previous key after switching. */
     tern_ms old_key_grace_ms;
+    /* Which library seals and opens (UNSUPPORTED at creation if this build
+     * lacks it). */
+    tern_aead_impl aead_impl;
 } tern_crypto_session_config;
 
 /* The defaults: the ids 0, the limits above. */

@@ -98,6 +98,9 @@ typedef struct tern_noise_setup {
 typedef struct tern_endpoint_config {
     tern_security security;
     tern_noise_setup noise;
+    /* Which library seals and opens DATA packets (AUTO: OpenSSL when tern was
+     * built with it); UNSUPPORTED if this build lacks the one named. */
+    tern_aead_impl aead_impl;
 
     /* The template for every stream's and reliable channel's engine: the
      * preset, windows, RTO bounds, queue bound and so on. conv, mode and mtu
