@@ -28,17 +28,12 @@
  * machine interference only slows a slice down. Every packet opened is
  * compared with what was sealed, every handshake's two sides must agree; a
  * mismatch fails the run. Timing is reported, never judged. */
-#define _GNU_SOURCE /* getloadavg */
-
 #include <inttypes.h>
 #include <sodium.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/utsname.h>
-#include <time.h>
-#include <unistd.h>
 
 #include "bench/common.h"
 #include "tern/crypto.h"
@@ -48,66 +43,8 @@
 #define SIZE_MIN 16u
 #define SIZE_MAX_ 8192u
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-/* ---- the machine, for every result ---- */
-
-typedef struct machine {
-    long nproc;
-    char cpu[128];
-    char kernel[128];
-} machine;
-
-static machine host;
-
-static void machine_init(void)
-{
-    host.nproc = sysconf(_SC_NPROCESSORS_ONLN);
-    snprintf(host.cpu, sizeof(host.cpu), "unknown");
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    char line[512];
-    while (f && fgets(line, sizeof(line), f)) {
-        char *colon = strchr(line, ':');
-        if (strncmp(line, "model name", 10) == 0 && colon) {
-            colon++;
-            while (*colon == ' ' || *colon == '\t')
-                colon++;
-            colon[strcspn(colon, "\n")] = '\0';
-            /* Kept JSON-safe: no quotes or backslashes. */
-            size_t n = 0;
-            for (const char *c = colon; *c && n + 1 < sizeof(host.cpu); c++)
-                if (*c != '"' && *c != '\\' && (unsigned char)*c >= 0x20)
-                    host.cpu[n++] = *c;
-            host.cpu[n] = '\0';
-            break;
-        }
-    }
-    if (f)
-        fclose(f);
-    struct utsname u;
-    if (uname(&u) == 0)
-        snprintf(host.kernel, sizeof(host.kernel), "%s", u.release);
-}
-
-static void json_stamp(FILE *f, bool quick)
-{
-    char date[32];
-    double load[3] = {0, 0, 0};
-    tern_bench_utc_now(date, sizeof(date));
-    if (getloadavg(load, 3) != 3)
-        load[0] = load[1] = load[2] = -1;
-    fprintf(f,
-            "\"quick\":%s,\"nproc\":%ld,\"cpu\":\"%s\",\"kernel\":\"%s\","
-            "\"loadavg\":[%.2f,%.2f,%.2f],\"date\":\"%s\"}\n",
-            quick ? "true" : "false", host.nproc, host.cpu, host.kernel, load[0], load[1], load[2],
-            date);
-    fflush(f);
-}
+/* The machine every result is stamped with. */
+static tern_bench_machine host;
 
 /* ---- timing: an operation run in slices, the fastest slice kept ---- */
 
@@ -139,14 +76,14 @@ static void slice(const op *o, double secs, timing *t)
             t->ok = false;
             break;
         }
-        double t0 = now_s();
+        double t0 = tern_bench_now_s();
         for (unsigned i = 0; i < CHUNK; i++) {
             if (!o->run(o->ctx)) {
                 t->ok = false;
                 break;
             }
         }
-        el += now_s() - t0;
+        el += tern_bench_now_s() - t0;
         n += CHUNK;
     }
     t->ops += n;
@@ -261,7 +198,7 @@ static void aead_json(FILE *out, const opts *o, const char *cipher, const char *
             t->best * (double)o->size / 1e6, t->best > 0 ? 1e9 / t->best : 0.0, t->ops, o->rounds);
     if (ratio > 0)
         fprintf(out, "\"overhead_vs_libsodium\":%.4f,", ratio);
-    json_stamp(out, o->quick);
+    tern_bench_json_stamp(out, &host, o->quick);
 }
 
 static int aead(const opts *o, FILE *out)
@@ -553,7 +490,7 @@ static void rate_json(FILE *out, const opts *o, const char *mode, const char *wh
             t->ops, o->rounds);
     if (ratio_name)
         fprintf(out, "\"%s\":%.2f,", ratio_name, ratio_name_val);
-    json_stamp(out, o->quick);
+    tern_bench_json_stamp(out, &host, o->quick);
 }
 
 static int handshakes(const opts *o, FILE *out)
@@ -712,10 +649,9 @@ int main(int argc, char **argv)
     if (!out)
         return 1;
     setvbuf(stdout, NULL, _IOLBF, 0);
-    machine_init();
-    double load[3] = {0, 0, 0};
-    if (getloadavg(load, 3) != 3)
-        load[0] = load[1] = load[2] = -1;
+    tern_bench_machine_init(&host);
+    double load[3];
+    tern_bench_loadavg(load);
     printf("%s: %ld CPUs (%s), kernel %s, libsodium %s, load average %.2f %.2f %.2f%s\n\n", PROG,
            host.nproc, host.cpu, host.kernel, sodium_version_string(), load[0], load[1], load[2],
            o.quick ? ", quick run" : "");

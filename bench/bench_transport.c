@@ -30,18 +30,34 @@
  *            UDP ping-pong of the same messages at the same rate (blocking
  *            sockets). Client and server run in two threads in both cases.
  *            RTT percentiles, and what tern adds at p50 and p99.
+ *   flood    the goodput of one live ChaChaPoly stream (fast3, default
+ *            windows, 4 MiB socket buffers, both endpoints on one loop and
+ *            thread) while a flooder thread, free to use the other core,
+ *            sends 192-byte INITs at --flood-rate per second from
+ *            --flood-sources addresses 127.1.b.c, never answering: real
+ *            Noise first messages with a valid mac1 (the attacker knows the
+ *            server's public key), or junk that fails the mac1 check. Beside
+ *            a no-flood baseline in the same run: the goodput ratio, the
+ *            INITs sent, the server's counters (cookies, DH, refusals,
+ *            half-open sessions), retransmissions, and the process's, the
+ *            loop's and the flooder's CPU.
  *
- * --repeat N runs each goodput cell and each latency series N times,
- * interleaved, and keeps the fastest cell and the series with the lowest
- * p99: on a shared machine interference only slows a run down.
+ * --repeat N runs each goodput or flood cell and each latency series N
+ * times, interleaved, and keeps the fastest cell and the series with the
+ * lowest p99: on a shared machine interference only slows a run down.
  *
  * Timing is reported, never judged: the program fails only when what it
  * moves is wrong (a byte differs, a message is corrupt or duplicated, a
- * session does not come up or dies) or a run stalls. Results: a table per
- * mode on stdout and one JSON object per result appended to --out, each
- * stamped with the date, the machine (nproc, CPU model, kernel) and the load
- * average when it is written (after its last repeat). */
-#define _GNU_SOURCE /* sendmmsg, recvmmsg, getloadavg, SO_RCVBUFFORCE */
+ * session does not come up or dies), a run stalls, or a flood got further
+ * than the server's DoS policy lets it: a session for a flood source, DH
+ * work beyond the load threshold's budget (with --flood-strict: any),
+ * half-open sessions beyond their cap (with --flood-strict: any).
+ *
+ * Results: a table per mode on stdout and one JSON object per result
+ * appended to --out, each stamped with the date, the machine (nproc, CPU
+ * model, kernel) and the load average when it is written (after its last
+ * repeat). */
+#define _GNU_SOURCE /* sendmmsg, recvmmsg, SO_RCVBUFFORCE */
 
 #include <errno.h>
 #include <inttypes.h>
@@ -55,29 +71,17 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
-#include <sys/utsname.h>
 #include <time.h>
 #include <unistd.h>
 #include <uv.h>
 
 #include "bench/common.h"
 #include "tern/tern.h"
+#include "transport/wire.h"
 
 #define PROG "bench_transport"
 
 /* ---- clocks, CPU, memory, machine ---- */
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-static double now_s(void)
-{
-    return (double)now_ns() / 1e9;
-}
 
 /* User + system CPU seconds of the whole process (every thread). */
 static double cpu_s(void)
@@ -140,58 +144,8 @@ static uint16_t local_port(const tern_endpoint *ep)
     return ntohs(((const struct sockaddr_in *)&a)->sin_port);
 }
 
-typedef struct machine {
-    long nproc;
-    char cpu[128];
-    char kernel[128];
-} machine;
-
-static machine host;
-
-static void machine_init(void)
-{
-    host.nproc = sysconf(_SC_NPROCESSORS_ONLN);
-    snprintf(host.cpu, sizeof(host.cpu), "unknown");
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    char line[512];
-    while (f && fgets(line, sizeof(line), f)) {
-        char *colon = strchr(line, ':');
-        if (strncmp(line, "model name", 10) == 0 && colon) {
-            colon++;
-            while (*colon == ' ' || *colon == '\t')
-                colon++;
-            colon[strcspn(colon, "\n")] = '\0';
-            /* Kept JSON-safe: no quotes or backslashes. */
-            size_t n = 0;
-            for (const char *c = colon; *c && n + 1 < sizeof(host.cpu); c++)
-                if (*c != '"' && *c != '\\' && (unsigned char)*c >= 0x20)
-                    host.cpu[n++] = *c;
-            host.cpu[n] = '\0';
-            break;
-        }
-    }
-    if (f)
-        fclose(f);
-    struct utsname u;
-    if (uname(&u) == 0)
-        snprintf(host.kernel, sizeof(host.kernel), "%s", u.release);
-}
-
-/* The stamp every JSON object ends with (no leading comma, closes the object). */
-static void json_stamp(FILE *f, bool quick)
-{
-    char date[32];
-    double load[3] = {0, 0, 0};
-    tern_bench_utc_now(date, sizeof(date));
-    if (getloadavg(load, 3) != 3)
-        load[0] = load[1] = load[2] = -1;
-    fprintf(f,
-            "\"quick\":%s,\"nproc\":%ld,\"cpu\":\"%s\",\"kernel\":\"%s\","
-            "\"loadavg\":[%.2f,%.2f,%.2f],\"date\":\"%s\"}\n",
-            quick ? "true" : "false", host.nproc, host.cpu, host.kernel, load[0], load[1], load[2],
-            date);
-    fflush(f);
-}
+/* The machine every result is stamped with. */
+static tern_bench_machine host;
 
 static void loop_noop_timer(uv_timer_t *t)
 {
@@ -206,9 +160,9 @@ static bool run_until(uv_loop_t *loop, done_fn done, void *arg, double timeout_s
     uv_timer_t tick;
     uv_timer_init(loop, &tick);
     uv_timer_start(&tick, loop_noop_timer, 5, 5);
-    double end = now_s() + timeout_s;
+    double end = tern_bench_now_s() + timeout_s;
     bool ok = false;
-    while (!(ok = done(arg)) && now_s() < end)
+    while (!(ok = done(arg)) && tern_bench_now_s() < end)
         uv_run(loop, UV_RUN_ONCE);
     uv_close((uv_handle_t *)&tick, NULL);
     uv_run(loop, UV_RUN_NOWAIT);
@@ -302,8 +256,22 @@ typedef struct gp_result {
     uint32_t snd_wnd, rcv_wnd;
 } gp_result;
 
+/* What another mode (flood) does at the run's milestones; all are called on
+ * the server's loop. NULL in goodput mode. */
+typedef struct gp_hooks {
+    /* The stream's first bytes arrived: the warm-up starts. */
+    void (*start)(void *arg, uv_loop_t *loop, tern_endpoint *srv);
+    /* The measured interval starts. */
+    void (*measure)(void *arg);
+    /* The run is over, measured or failed (only after start), before the
+     * server endpoint closes. */
+    void (*end)(void *arg);
+    void *arg;
+} gp_hooks;
+
 typedef struct gp_run {
     gp_result *res;
+    const gp_hooks *hooks;
     uint8_t *pattern; /* 2 x GP_PATTERN */
     double secs, warmup;
     uv_loop_t *cloop, *sloop;
@@ -419,6 +387,8 @@ static void gp_finish(gp_run *r)
     if (r->finished)
         return;
     r->finished = true;
+    if (r->hooks && r->started)
+        r->hooks->end(r->hooks->arg);
     uv_close((uv_handle_t *)&r->phase, NULL);
     uv_close((uv_handle_t *)&r->watchdog, NULL);
     tern_endpoint_stats es;
@@ -432,7 +402,7 @@ static void gp_finish(gp_run *r)
 static void gp_on_end(uv_timer_t *t)
 {
     gp_run *r = t->data;
-    double t1 = now_s(), cpu1 = cpu_s();
+    double t1 = tern_bench_now_s(), cpu1 = cpu_s();
     gp_result *res = r->res;
     res->secs = t1 - r->t0;
     res->bytes = r->received - r->bytes0;
@@ -449,10 +419,12 @@ static void gp_on_warm(uv_timer_t *t)
 {
     gp_run *r = t->data;
     r->measuring = true;
-    r->t0 = now_s();
+    r->t0 = tern_bench_now_s();
     r->cpu0 = cpu_s();
     r->bytes0 = r->received;
     r->drops0 = socket_drops(r->ports, 2);
+    if (r->hooks)
+        r->hooks->measure(r->hooks->arg);
     uv_timer_start(&r->phase, gp_on_end, (uint64_t)(r->secs * 1000.0), 0);
 }
 
@@ -491,6 +463,8 @@ static void gp_read(tern_stream *st, ssize_t n, const uv_buf_t *buf)
     r->received += (uint64_t)n;
     if (!r->started) {
         r->started = true;
+        if (r->hooks)
+            r->hooks->start(r->hooks->arg, r->sloop, r->srv);
         uv_timer_start(&r->phase, gp_on_warm, (uint64_t)(r->warmup * 1000.0), 0);
     }
 }
@@ -528,7 +502,8 @@ static void gp_configure(const gp_case *c, tern_endpoint_config *cfg, bool serve
     cfg->sndbuf = cfg->rcvbuf = c->sockbuf;
 }
 
-static void gp_run_case(const gp_case *c, uint8_t *pattern, double secs, gp_result *res)
+static void gp_run_case(const gp_case *c, uint8_t *pattern, double secs, const gp_hooks *hooks,
+                        gp_result *res)
 {
     memset(res, 0, sizeof(*res));
     res->c = *c;
@@ -548,6 +523,7 @@ static void gp_run_case(const gp_case *c, uint8_t *pattern, double secs, gp_resu
         return;
     }
     r->res = res;
+    r->hooks = hooks;
     r->pattern = pattern;
     r->secs = secs;
     r->warmup = secs / 5 < 0.5 ? secs / 5 : 0.5;
@@ -620,6 +596,24 @@ static void gp_run_case(const gp_case *c, uint8_t *pattern, double secs, gp_resu
     free(r);
 }
 
+/* The stream's bytes: GP_PATTERN pseudo-random bytes, stored twice. NULL
+ * when out of memory. */
+static uint8_t *gp_pattern_new(void)
+{
+    uint8_t *pattern = malloc(2 * (size_t)GP_PATTERN);
+    if (!pattern)
+        return NULL;
+    uint64_t seed = 0x9E3779B97F4A7C15u;
+    for (size_t i = 0; i < GP_PATTERN; i++) {
+        seed ^= seed >> 12;
+        seed ^= seed << 25;
+        seed ^= seed >> 27;
+        pattern[i] = (uint8_t)((seed * 0x2545F4914F6CDD1Du) >> 56);
+    }
+    memcpy(pattern + GP_PATTERN, pattern, GP_PATTERN);
+    return pattern;
+}
+
 /* ---- the raw reference: sendmmsg / recvmmsg on one thread ---- */
 
 #define RAW_SIZE 1200u
@@ -688,7 +682,7 @@ static void raw_run(double secs, bool gso, raw_result *r)
         oiov[k] = (struct iovec){out[k], RAW_SIZE};
         iiov[k] = (struct iovec){in[k], RAW_SIZE + 1};
     }
-    double t0 = now_s(), c0 = cpu_s(), t = t0;
+    double t0 = tern_bench_now_s(), c0 = cpu_s(), t = t0;
     while (r->ok && t - t0 < secs) {
         for (unsigned k = 0; k < per_send; k++) {
             uint64_t seq = r->sent + k;
@@ -759,7 +753,7 @@ static void raw_run(double secs, bool gso, raw_result *r)
             if (!r->ok || (unsigned)m < RAW_BATCH)
                 break;
         }
-        t = now_s();
+        t = tern_bench_now_s();
     }
     r->secs = t - t0;
     r->cpu_pct = r->secs > 0 ? (cpu_s() - c0) / r->secs * 100.0 : 0.0;
@@ -777,6 +771,8 @@ static void raw_run(double secs, bool gso, raw_result *r)
 
 /* ---- goodput: the matrix and its report ---- */
 
+#define FL_RATES_MAX 16u
+
 typedef struct options {
     bool quick;
     bool no_raw; /* goodput without the raw references (for profilers) */
@@ -791,6 +787,11 @@ typedef struct options {
     uint64_t sessions, clients;
     double idle_secs;
     uint64_t rate;
+    uint64_t flood_rates[FL_RATES_MAX]; /* INITs per second; 0: as fast as it can */
+    size_t n_flood_rates;
+    uint64_t flood_sources;
+    int flood_kind;    /* -1: both; else an fl_kind */
+    bool flood_strict; /* no DH, no half-open for any flood INIT */
 } options;
 
 /* Keeps the fastest of the repeats (interference on a shared machine only
@@ -857,7 +858,7 @@ static int goodput(const options *o, FILE *out)
             }
         }
     }
-    uint8_t *pattern = malloc(2 * (size_t)GP_PATTERN);
+    uint8_t *pattern = gp_pattern_new();
     gp_result *res = calloc(n ? n : 1, sizeof(*res));
     if (!pattern || !res) {
         free(pattern);
@@ -865,14 +866,6 @@ static int goodput(const options *o, FILE *out)
         fprintf(stderr, PROG ": out of memory\n");
         return 1;
     }
-    uint64_t seed = 0x9E3779B97F4A7C15u;
-    for (size_t i = 0; i < GP_PATTERN; i++) {
-        seed ^= seed >> 12;
-        seed ^= seed << 25;
-        seed ^= seed >> 27;
-        pattern[i] = (uint8_t)((seed * 0x2545F4914F6CDD1Du) >> 56);
-    }
-    memcpy(pattern + GP_PATTERN, pattern, GP_PATTERN);
 
     printf(
         "== goodput: one stream over loopback, 1 MiB writes, %.2f s per run after a "
@@ -897,7 +890,7 @@ static int goodput(const options *o, FILE *out)
         }
         for (size_t i = 0; i < n; i++) {
             gp_result r;
-            gp_run_case(&cases[i], pattern, o->secs, &r);
+            gp_run_case(&cases[i], pattern, o->secs, NULL, &r);
             keep_gp(&res[i], &r, rep);
         }
         if (o->repeat > 1)
@@ -926,7 +919,7 @@ static int goodput(const options *o, FILE *out)
                 x->mb_s_min, o->repeat, x->cpu_pct);
         if (x->why[0])
             fprintf(out, "\"why\":\"%s\",", x->why);
-        json_stamp(out, o->quick);
+        tern_bench_json_stamp(out, &host, o->quick);
     }
 
     int failed = (raw.ok || raw.skipped ? 0 : 1) + (gso.ok || gso.skipped ? 0 : 1);
@@ -978,7 +971,7 @@ static int goodput(const options *o, FILE *out)
                 r->segs_sent, r->retrans, r->dgrams_c2s, r->dgrams_s2c, r->drops);
         if (r->why[0])
             fprintf(out, "\"why\":\"%s\",", r->why);
-        json_stamp(out, o->quick);
+        tern_bench_json_stamp(out, &host, o->quick);
     }
     /* The best configuration, and what moved it. */
     const gp_result *best[N_VARIANTS] = {NULL};
@@ -1161,7 +1154,7 @@ static void idle_take(idle_run *r, counting_mem *sm, counting_mem *cm, clockid_t
     out->rss = rss_bytes();
     out->server_live = atomic_load(&sm->live);
     out->client_live = atomic_load(&cm->live);
-    out->wall = now_s();
+    out->wall = tern_bench_now_s();
     out->process_cpu = cpu_s();
     out->server_cpu = clock_s(server_clock);
     out->client_cpu = clock_s(CLOCK_THREAD_CPUTIME_ID);
@@ -1246,7 +1239,7 @@ static int idle(const options *o, FILE *out)
         idle_take(r, server_mem, client_mem, server_clock, &a);
         idle_pump(r);
         bool all = run_until(&r->cloop, idle_all_up, r, 120.0);
-        setup_s = now_s() - a.wall;
+        setup_s = tern_bench_now_s() - a.wall;
         uint64_t accepted = atomic_load(&r->accepted);
         if (!all || r->failed || r->connected != r->target || accepted != r->target) {
             snprintf(why, sizeof(why),
@@ -1341,7 +1334,7 @@ static int idle(const options *o, FILE *out)
             c.from_server - b.from_server);
     if (why[0])
         fprintf(out, "\"why\":\"%s\",", why);
-    json_stamp(out, o->quick);
+    tern_bench_json_stamp(out, &host, o->quick);
     free(r);
     free(server_mem);
     free(client_mem);
@@ -1503,21 +1496,21 @@ static void lat_raw(uint64_t count, uint64_t rate, lat_series *s)
             close(fd);
         return;
     }
-    uint64_t period = 1000000000u / rate, start = now_ns() + 1000000u;
+    uint64_t period = 1000000000u / rate, start = tern_bench_now_ns() + 1000000u;
     uint8_t m[LAT_MSG], in[2048];
     for (uint64_t i = 0; i < count; i++) {
         sleep_until_ns(start + i * period);
         lat_fill(m, i);
-        s->send_ns[i] = now_ns();
+        s->send_ns[i] = tern_bench_now_ns();
         s->sent = i + 1;
         if (sendto(fd, m, sizeof(m), 0, (struct sockaddr *)&srv, sizeof(srv)) != LAT_MSG)
             continue;
         /* Wait for this echo (an older, late one is recorded on the way). */
         uint64_t deadline = s->send_ns[i] + LAT_GRACE_MS * 1000000ull;
-        while (!s->rtt_ns[i] && now_ns() < deadline) {
+        while (!s->rtt_ns[i] && tern_bench_now_ns() < deadline) {
             ssize_t n = recv(fd, in, sizeof(in), 0);
             if (n >= 0)
-                lat_record(s, in, (size_t)n, now_ns());
+                lat_record(s, in, (size_t)n, tern_bench_now_ns());
         }
     }
     atomic_store(&e.stop, true);
@@ -1579,7 +1572,7 @@ static void lat_finish(lat_run *r)
 static void lat_client_message(tern_session *s, uint32_t ch, const uint8_t *data, size_t len)
 {
     lat_run *r = tern_session_get_data(s);
-    uint64_t at = now_ns();
+    uint64_t at = tern_bench_now_ns();
     if (r->done || ch != r->phase) {
         /* A late echo of an earlier phase: still check it. */
         if (ch < r->n_phases)
@@ -1595,7 +1588,7 @@ static void lat_on_tick(uv_timer_t *t)
     if (!r->connected || r->done)
         return;
     lat_series *s = &r->series[r->phase];
-    uint64_t now = now_ns();
+    uint64_t now = tern_bench_now_ns();
     if (s->sent == r->count) {
         /* Every echo in, or the grace period over: the next channel. */
         if (s->echoed + s->corrupt < s->sent && now - r->last_send_ns < LAT_GRACE_MS * 1000000ull)
@@ -1615,7 +1608,7 @@ static void lat_on_tick(uv_timer_t *t)
     while (s->sent < due) {
         uint64_t seq = s->sent;
         lat_fill(m, seq);
-        s->send_ns[seq] = now_ns();
+        s->send_ns[seq] = tern_bench_now_ns();
         s->sent++;
         r->last_send_ns = s->send_ns[seq];
         int rc = tern_session_send(r->cs, r->phase, m, sizeof(m), 0);
@@ -1637,7 +1630,7 @@ static void lat_client_connect(tern_session *s, int status)
         return;
     }
     r->connected = true;
-    r->start_ns = now_ns();
+    r->start_ns = tern_bench_now_ns();
 }
 
 static void lat_client_close(tern_session *s, int status)
@@ -1750,7 +1743,7 @@ static void lat_json(FILE *out, const lat_series *s, const lat_series *raw, uint
                 s->p99 - raw->p99);
     if (s->why[0])
         fprintf(out, "\"why\":\"%s\",", s->why);
-    json_stamp(out, quick);
+    tern_bench_json_stamp(out, &host, quick);
 }
 
 /* A series is good when every echo came back whole, once (reliable), or
@@ -1837,38 +1830,668 @@ static int latency(const options *o, FILE *out)
 }
 
 /* ======================================================================
+ * flood
+ * ====================================================================== */
+
+#define FL_BATCH 64u /* INITs per sendmmsg */
+#define FL_POOL 64u  /* Noise first messages (ephemeral keys) the flooder cycles through */
+#define FL_SOURCES_MAX 4096u
+#define FL_REPLY_MAX 128u /* more than any answer to an INIT */
+#define FL_SAMPLE_MS 5u   /* how often the server's half-open gauge is read */
+/* The server's answer after a responder handshake (NK: e, empty payload's
+ * tag): the bytes one DH for a flood INIT shows up as. */
+#define FL_RESP_BYTES (TERN_WIRE_RESP_HEADER + 48u)
+
+typedef enum fl_kind { FL_NONE = 0, FL_VALID = 1, FL_BADMAC = 2 } fl_kind;
+static const char *const fl_kind_names[] = {"none", "valid_mac1", "bad_mac1"};
+
+typedef struct fl_cell {
+    fl_kind kind;
+    uint64_t rate; /* INITs per second; 0: as fast as the flooder can */
+} fl_cell;
+
+/* The attacker: one thread, one socket per source address, INITs sent with
+ * sendmmsg at a paced rate; what comes back is counted, never answered. The
+ * sockets and messages are made once for the mode, a thread per cell. */
+typedef struct flooder {
+    int fds[FL_SOURCES_MAX];
+    size_t n_fds;
+    uint8_t noise1[FL_POOL][TERN_WIRE_NOISE_MAX];
+    size_t noise1_len;
+    uint8_t junk[TERN_WIRE_INIT_BYTES];
+    tern_cookie_client *cc; /* mac1 under the server's public key, as a client makes it */
+    uint32_t next_sender;   /* every INIT has its own, so none repeats a handshake */
+    /* set before the thread starts, read-only while it runs */
+    fl_cell cell;
+    struct sockaddr_in to;
+    uv_thread_t th;
+    bool running;
+    /* the thread's counters */
+    atomic_bool stop;
+    atomic_uint_fast64_t sent, send_errors, got_resp, got_cookie, got_other;
+} flooder;
+
+static void fl_teardown(flooder *f)
+{
+    for (size_t i = 0; i < f->n_fds; i++)
+        close(f->fds[i]);
+    f->n_fds = 0;
+    tern_cookie_client_del(f->cc);
+    f->cc = NULL;
+}
+
+/* Sockets on 127.1.b.c (all of 127/8 is local on Linux), one per source,
+ * and the INITs' ingredients. 0, or -1 with why filled. */
+static int fl_setup(flooder *f, size_t n_sources, const variant *v, char *why, size_t cap)
+{
+    memset(f, 0, sizeof(*f));
+    for (size_t i = 0; i < n_sources; i++) {
+        int fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        struct sockaddr_in a;
+        memset(&a, 0, sizeof(a));
+        a.sin_family = AF_INET;
+        /* Host bytes 1..254: no .0 or .255 address. */
+        a.sin_addr.s_addr =
+            htonl(0x7F010000u | (uint32_t)(i / 254u) << 8 | (uint32_t)(i % 254u + 1u));
+        if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof(a)) != 0) {
+            snprintf(why, cap, "flood source %zu (127.1.%zu.%zu): %s", i, i / 254u, i % 254u + 1u,
+                     strerror(errno));
+            if (fd >= 0)
+                close(fd);
+            fl_teardown(f);
+            return -1;
+        }
+        f->fds[f->n_fds++] = fd;
+    }
+    /* Real Noise first messages: the server cannot tell them from a
+     * client's until it has done the DH. Ephemeral keys are reused from a
+     * pool, as an attacker would: the server does not look. */
+    char protocol[64];
+    snprintf(protocol, sizeof(protocol), "Noise_NK_25519_%s_BLAKE2b", v->cipher);
+    static const uint8_t prologue[] = "tern/1"; /* as transport/handshake.c */
+    for (unsigned k = 0; k < FL_POOL; k++) {
+        tern_noise_config nc;
+        tern_noise_config_default(&nc);
+        nc.protocol = protocol;
+        nc.initiator = true;
+        nc.prologue = prologue;
+        nc.prologue_len = sizeof(prologue) - 1;
+        nc.rs = &server_kp.pub;
+        tern_noise *hs = NULL;
+        tern_ssize n = tern_noise_new(&hs, &nc, NULL);
+        if (n == 0)
+            n = tern_noise_write_message(hs, NULL, 0, f->noise1[k], sizeof(f->noise1[k]));
+        tern_noise_del(hs);
+        if (n <= 0) {
+            snprintf(why, cap, "flood: Noise message 1: %s", tern_strerror((int)n));
+            fl_teardown(f);
+            return -1;
+        }
+        f->noise1_len = (size_t)n;
+    }
+    if (tern_cookie_client_new(&f->cc, &server_kp.pub, NULL) != 0) {
+        snprintf(why, cap, "flood: no memory for the MAC state");
+        fl_teardown(f);
+        return -1;
+    }
+    uint64_t x = 0x2545F4914F6CDD1Du;
+    for (size_t i = 0; i < sizeof(f->junk); i++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        f->junk[i] = (uint8_t)x;
+    }
+    return 0;
+}
+
+/* One INIT of the cell's kind, in p (whose fixed bytes are already set). */
+static void fl_fill(flooder *f, uint8_t *p)
+{
+    uint32_t id = ++f->next_sender;
+    if (id == 0)
+        id = ++f->next_sender;
+    tern_wire_put32(p + 2, id);
+    if (f->cell.kind == FL_VALID) {
+        memcpy(p + TERN_WIRE_INIT_HEADER, f->noise1[id % FL_POOL], f->noise1_len);
+        (void)tern_cookie_client_add_macs(f->cc, p, TERN_WIRE_INIT_BYTES, 0);
+    }
+    /* FL_BADMAC: the junk's last 32 bytes stand for mac1 and mac2, wrong
+     * for any sender id. */
+}
+
+/* Reads what the server sent back to one source, and counts it. */
+static void fl_drain(flooder *f, int fd, struct mmsghdr *im, uint8_t (*back)[FL_REPLY_MAX],
+                     struct iovec *iov)
+{
+    for (int round = 0; round < 4; round++) {
+        for (unsigned k = 0; k < FL_BATCH; k++) {
+            memset(&im[k], 0, sizeof(im[k]));
+            iov[k] = (struct iovec){back[k], FL_REPLY_MAX};
+            im[k].msg_hdr.msg_iov = &iov[k];
+            im[k].msg_hdr.msg_iovlen = 1;
+        }
+        int m = recvmmsg(fd, im, FL_BATCH, MSG_DONTWAIT, NULL);
+        if (m <= 0)
+            return;
+        for (int k = 0; k < m; k++) {
+            if (back[k][0] == TERN_WIRE_RESP && im[k].msg_len == FL_RESP_BYTES)
+                atomic_fetch_add_explicit(&f->got_resp, 1, memory_order_relaxed);
+            else if (back[k][0] == TERN_WIRE_COOKIE && im[k].msg_len == TERN_COOKIE_REPLY_BYTES)
+                atomic_fetch_add_explicit(&f->got_cookie, 1, memory_order_relaxed);
+            else
+                atomic_fetch_add_explicit(&f->got_other, 1, memory_order_relaxed);
+        }
+        if ((unsigned)m < FL_BATCH)
+            return;
+    }
+}
+
+static void fl_thread(void *arg)
+{
+    flooder *f = arg;
+    uint8_t pkt[FL_BATCH][TERN_WIRE_INIT_BYTES];
+    uint8_t back[FL_BATCH][FL_REPLY_MAX];
+    struct mmsghdr om[FL_BATCH], im[FL_BATCH];
+    struct iovec oiov[FL_BATCH], iiov[FL_BATCH];
+    for (unsigned k = 0; k < FL_BATCH; k++) {
+        if (f->cell.kind == FL_BADMAC)
+            memcpy(pkt[k], f->junk, sizeof(pkt[k]));
+        else
+            memset(pkt[k], 0, sizeof(pkt[k]));
+        pkt[k][0] = TERN_WIRE_INIT;
+        pkt[k][1] = TERN_WIRE_VERSION;
+        oiov[k] = (struct iovec){pkt[k], TERN_WIRE_INIT_BYTES};
+        memset(&om[k], 0, sizeof(om[k]));
+        om[k].msg_hdr.msg_name = &f->to;
+        om[k].msg_hdr.msg_namelen = sizeof(f->to);
+        om[k].msg_hdr.msg_iov = &oiov[k];
+        om[k].msg_hdr.msg_iovlen = 1;
+    }
+    /* Batches of about a millisecond's worth at the target rate. */
+    uint64_t rate = f->cell.rate;
+    unsigned per = FL_BATCH;
+    if (rate && rate / 1000u < FL_BATCH)
+        per = rate / 1000u ? (unsigned)(rate / 1000u) : 1u;
+    uint64_t t0 = tern_bench_now_ns(), sent = 0;
+    size_t src = 0;
+    while (!atomic_load_explicit(&f->stop, memory_order_relaxed)) {
+        unsigned n = per;
+        if (rate) {
+            uint64_t now = tern_bench_now_ns();
+            uint64_t due = (uint64_t)((double)(now - t0) * (double)rate / 1e9);
+            if (due <= sent) {
+                /* Until the next batch is due; at most 10 ms, to look at stop. */
+                uint64_t next = t0 + (uint64_t)((double)(sent + n) * 1e9 / (double)rate);
+                sleep_until_ns(next < now + 10000000u ? next : now + 10000000u);
+                continue;
+            }
+            if (due - sent < n)
+                n = (unsigned)(due - sent);
+        }
+        for (unsigned k = 0; k < n; k++)
+            fl_fill(f, pkt[k]);
+        int w = sendmmsg(f->fds[src], om, n, 0);
+        if (w > 0)
+            sent += (uint64_t)w;
+        if (w < (int)n)
+            atomic_fetch_add_explicit(&f->send_errors, 1, memory_order_relaxed);
+        atomic_store_explicit(&f->sent, sent, memory_order_relaxed);
+        fl_drain(f, f->fds[src], im, back, iiov);
+        src = (src + 1) % f->n_fds;
+    }
+}
+
+/* Throws away answers left from an earlier cell. */
+static void fl_drain_all(flooder *f)
+{
+    uint8_t buf[FL_REPLY_MAX];
+    for (size_t i = 0; i < f->n_fds; i++)
+        while (recv(f->fds[i], buf, sizeof(buf), MSG_DONTWAIT) >= 0)
+            ;
+}
+
+/* One cell's run: the hooks' state, on the server's loop. */
+typedef struct fl_run {
+    flooder *f;
+    tern_endpoint *srv;
+    uv_timer_t sample;
+    bool started, measured, thread_failed;
+    tern_endpoint_stats s0, s1;
+    uint32_t halfopen_peak;
+    double t_start, t_measure, t_end;
+    uint64_t sent_measure, sent_end;
+    double loop_cpu0, loop_cpu1, fl_cpu0, fl_cpu1;
+    clockid_t fl_clock;
+    bool have_fl_clock;
+} fl_run;
+
+static void fl_on_sample(uv_timer_t *t)
+{
+    fl_run *r = t->data;
+    tern_endpoint_stats es;
+    tern_endpoint_get_stats(r->srv, &es);
+    if (es.halfopen_now > r->halfopen_peak)
+        r->halfopen_peak = es.halfopen_now;
+}
+
+static void fl_start(void *arg, uv_loop_t *loop, tern_endpoint *srv)
+{
+    fl_run *r = arg;
+    flooder *f = r->f;
+    r->started = true;
+    r->srv = srv;
+    tern_endpoint_get_stats(srv, &r->s0);
+    r->halfopen_peak = r->s0.halfopen_now;
+    uv_timer_init(loop, &r->sample);
+    r->sample.data = r;
+    uv_timer_start(&r->sample, fl_on_sample, FL_SAMPLE_MS, FL_SAMPLE_MS);
+    r->t_start = tern_bench_now_s();
+    if (f->cell.kind == FL_NONE)
+        return;
+    struct sockaddr_storage a;
+    (void)tern_endpoint_local_addr(srv, &a);
+    memcpy(&f->to, &a, sizeof(f->to));
+    if (uv_thread_create(&f->th, fl_thread, f) != 0) {
+        r->thread_failed = true;
+        return;
+    }
+    f->running = true;
+    r->have_fl_clock = pthread_getcpuclockid(f->th, &r->fl_clock) == 0;
+}
+
+static void fl_measure(void *arg)
+{
+    fl_run *r = arg;
+    r->measured = true;
+    r->t_measure = tern_bench_now_s();
+    r->sent_measure = atomic_load(&r->f->sent);
+    r->loop_cpu0 = clock_s(CLOCK_THREAD_CPUTIME_ID);
+    r->fl_cpu0 = r->have_fl_clock ? clock_s(r->fl_clock) : 0.0;
+}
+
+static void fl_end(void *arg)
+{
+    fl_run *r = arg;
+    flooder *f = r->f;
+    r->t_end = tern_bench_now_s();
+    r->sent_end = atomic_load(&f->sent);
+    r->loop_cpu1 = clock_s(CLOCK_THREAD_CPUTIME_ID);
+    /* Read before the join: the thread's clock goes with it. */
+    r->fl_cpu1 = r->have_fl_clock ? clock_s(r->fl_clock) : 0.0;
+    if (f->running) {
+        atomic_store(&f->stop, true);
+        uv_thread_join(&f->th);
+        f->running = false;
+    }
+    fl_on_sample(&r->sample);
+    tern_endpoint_get_stats(r->srv, &r->s1);
+    uv_close((uv_handle_t *)&r->sample, NULL);
+}
+
+typedef struct fl_result {
+    fl_cell cell;
+    gp_result gp;   /* the live stream; gp.ok and gp.why hold the flood checks too */
+    double flood_s; /* warm-up and measurement: the flood's whole length */
+    uint64_t sent, sent_window;
+    double sent_per_s; /* over the measured interval */
+    double loop_cpu_pct, flood_cpu_pct;
+    tern_endpoint_stats d; /* the server's counters over the flood; gauges at its end */
+    uint64_t seen;         /* INITs the server read */
+    uint64_t dh, dh_bound;
+    uint32_t halfopen_peak;
+    uint64_t send_errors, got_resp, got_cookie, got_other;
+} fl_result;
+
+static void fl_fail(fl_result *x, const char *why)
+{
+    if (!x->gp.ok)
+        return;
+    x->gp.ok = false;
+    snprintf(x->gp.why, sizeof(x->gp.why), "%s", why);
+}
+
+/* The figures of a run, and its verdict: what the DoS policy promises, or
+ * with strict what issue 6 asks (no DH, no state for any flood INIT). */
+static void fl_judge(fl_result *x, const fl_run *r, const tern_ratelimit_config *rl, bool strict)
+{
+    const tern_endpoint_stats *a = &r->s0, *b = &r->s1;
+    tern_endpoint_stats *d = &x->d;
+    char why[160];
+    if (!r->started) {
+        fl_fail(x, "the stream never started");
+        return;
+    }
+    if (r->thread_failed)
+        fl_fail(x, "cannot start the flooder thread");
+    x->flood_s = r->t_end - r->t_start;
+    x->sent = atomic_load(&r->f->sent);
+    x->send_errors = atomic_load(&r->f->send_errors);
+    x->got_resp = atomic_load(&r->f->got_resp);
+    x->got_cookie = atomic_load(&r->f->got_cookie);
+    x->got_other = atomic_load(&r->f->got_other);
+    if (r->measured) {
+        double w = r->t_end - r->t_measure;
+        x->sent_window = r->sent_end - r->sent_measure;
+        x->sent_per_s = w > 0 ? (double)x->sent_window / w : 0.0;
+        x->loop_cpu_pct = w > 0 ? (r->loop_cpu1 - r->loop_cpu0) / w * 100.0 : 0.0;
+        x->flood_cpu_pct = w > 0 ? (r->fl_cpu1 - r->fl_cpu0) / w * 100.0 : 0.0;
+    }
+#define FL_DELTA(field) d->field = b->field - a->field
+    FL_DELTA(dgrams_in);
+    FL_DELTA(dgrams_out);
+    FL_DELTA(sessions_accepted);
+    FL_DELTA(sessions_refused);
+    FL_DELTA(drop_malformed);
+    FL_DELTA(drop_unknown_session);
+    FL_DELTA(drop_auth);
+    FL_DELTA(drop_ratelimited);
+    FL_DELTA(drop_limit);
+    FL_DELTA(drop_peer_refused);
+    FL_DELTA(cookies_sent);
+    FL_DELTA(send_failed);
+    FL_DELTA(bytes_sent_unvalidated);
+    FL_DELTA(bytes_recv_unvalidated);
+#undef FL_DELTA
+    d->sessions_now = b->sessions_now;
+    d->halfopen_now = b->halfopen_now;
+    x->halfopen_peak = r->halfopen_peak;
+    x->seen = d->bytes_recv_unvalidated / TERN_WIRE_INIT_BYTES;
+    /* No stat counts DH work. Each responder handshake is answered with one
+     * RESP, and each cookie with one COOKIE_REPLY, both to addresses not yet
+     * proven: the bytes sent there give the count (no flood INIT repeats a
+     * handshake, so no RESP is a resend). */
+    uint64_t cookie_bytes = d->cookies_sent * TERN_COOKIE_REPLY_BYTES;
+    uint64_t resp_bytes = d->bytes_sent_unvalidated - cookie_bytes;
+    if (d->bytes_sent_unvalidated < cookie_bytes || resp_bytes % FL_RESP_BYTES) {
+        snprintf(why, sizeof(why),
+                 "cannot count DH: %" PRIu64 " unvalidated bytes sent, %" PRIu64 " cookies",
+                 d->bytes_sent_unvalidated, d->cookies_sent);
+        fl_fail(x, why);
+    } else {
+        x->dh = resp_bytes / FL_RESP_BYTES;
+    }
+    /* Before the server counts as under load, the global bucket lets its
+     * burst and then its rate through to the per-source check and the DH. */
+    x->dh_bound = x->cell.kind == FL_VALID
+                      ? rl->load_burst + (uint64_t)((x->flood_s + 0.01) * (double)rl->load_rate)
+                      : 0;
+    if (x->cell.kind != FL_NONE && x->sent == 0)
+        fl_fail(x, "the flooder sent nothing");
+    if (d->sessions_accepted) {
+        snprintf(why, sizeof(why), "%" PRIu64 " flood sources got a session", d->sessions_accepted);
+        fl_fail(x, why);
+    }
+    if (x->cell.kind == FL_VALID && d->drop_auth) {
+        snprintf(why, sizeof(why), "the server refused %" PRIu64 " flood INITs' mac1",
+                 d->drop_auth);
+        fl_fail(x, why);
+    }
+    if (x->dh > x->dh_bound || (strict && x->dh)) {
+        snprintf(why, sizeof(why), "%" PRIu64 " DH done for flood INITs (%s %" PRIu64 ")", x->dh,
+                 strict ? "strict: none allowed; the policy allows" : "the policy allows",
+                 x->dh_bound);
+        fl_fail(x, why);
+    }
+    if (x->halfopen_peak > rl->halfopen_max || (strict && x->halfopen_peak)) {
+        snprintf(why, sizeof(why), "%u half-open sessions for flood sources (cap %u)",
+                 x->halfopen_peak, rl->halfopen_max);
+        fl_fail(x, why);
+    }
+}
+
+/* As keep_gp: the fastest run is kept, a failure sticks. */
+static void fl_keep(fl_result *best, const fl_result *x, unsigned rep)
+{
+    if (rep > 0 && !best->gp.ok)
+        return;
+    double lo = rep == 0 || x->gp.mb_s < best->gp.mb_s_min ? x->gp.mb_s : best->gp.mb_s_min;
+    if (rep == 0 || !x->gp.ok || x->gp.mb_s > best->gp.mb_s)
+        *best = *x;
+    best->gp.runs = rep + 1;
+    best->gp.mb_s_min = lo;
+}
+
+static void fl_rate_name(char *buf, size_t cap, const fl_cell *c)
+{
+    if (c->kind == FL_NONE)
+        snprintf(buf, cap, "-");
+    else if (c->rate == 0)
+        snprintf(buf, cap, "max");
+    else
+        snprintf(buf, cap, "%" PRIu64, c->rate);
+}
+
+static int flood(const options *o, FILE *out)
+{
+    const variant *v = &variants[o->variant >= 0 ? o->variant : 1];
+    if (v->security != TERN_SECURITY_NOISE) {
+        printf("== flood: skipped: the INITs it floods with are Noise ones (--variant "
+               "chachapoly or aesgcm)\n\n");
+        return 0;
+    }
+    gp_case gc = {v,
+                  o->preset >= 0 ? (tern_kcp_preset)o->preset : TERN_KCP_PRESET_FAST3,
+                  o->preset >= 0 ? o->preset_name : "fast3",
+                  o->wnd >= 0 ? (uint32_t)o->wnd : 0,
+                  1,
+                  (int)o->sockbuf};
+    if (!variant_available(v)) {
+        printf("== flood: skipped: no AES-NI on this CPU\n\n");
+        return 0;
+    }
+    /* The server runs the default DoS policy; its figures bound the DH. */
+    tern_endpoint_config dflt;
+    tern_endpoint_config_default(&dflt);
+    const tern_ratelimit_config *rl = &dflt.ratelimit;
+
+    fl_cell cells[1 + 2 * FL_RATES_MAX];
+    size_t n = 0;
+    cells[n++] = (fl_cell){FL_NONE, 0};
+    for (size_t i = 0; i < o->n_flood_rates; i++)
+        for (int k = FL_VALID; k <= FL_BADMAC; k++)
+            if (o->flood_kind < 0 || o->flood_kind == k)
+                cells[n++] = (fl_cell){(fl_kind)k, o->flood_rates[i]};
+    flooder *f = calloc(1, sizeof(*f));
+    fl_result *res = calloc(n, sizeof(*res));
+    uint8_t *pattern = gp_pattern_new();
+    char why[160] = "";
+    if (!f || !res || !pattern) {
+        snprintf(why, sizeof(why), "out of memory");
+    } else if (fl_setup(f, (size_t)o->flood_sources, v, why, sizeof(why)) != 0) {
+        free(f);
+        f = NULL;
+    }
+    if (why[0]) {
+        printf("== flood: FAILED: %s\n\n", why);
+        fprintf(out, "{\"bench\":\"transport\",\"mode\":\"flood\",\"ok\":false,\"why\":\"%s\",",
+                why);
+        tern_bench_json_stamp(out, &host, o->quick);
+        free(f);
+        free(res);
+        free(pattern);
+        return 1;
+    }
+    atomic_init(&f->stop, false);
+
+    double warm = o->secs / 5 < 0.5 ? o->secs / 5 : 0.5;
+    char wnd[24];
+    snprintf(wnd, sizeof(wnd), gc.wnd ? "%u" : "128/256", gc.wnd);
+    printf("== flood: one live stream (%s, %s, window %s, socket buffers %" PRIu64
+           " B), 1 MiB writes,\n"
+           "   byte-checked, client and server endpoints on one loop and thread; a flooder "
+           "thread (free\n"
+           "   to use the other core) sends 192-byte INITs from %zu sources (127.1.b.c, a "
+           "socket each)\n"
+           "   at a target rate from the start of a %.2f s warm-up through %.2f s measured, "
+           "never\n"
+           "   answering. valid_mac1: real Noise NK first messages with a valid mac1; "
+           "bad_mac1: junk\n"
+           "   that fails the mac1 check. Fastest of %u interleaved runs; ratio = MB/s / "
+           "the no-flood\n"
+           "   baseline's; CPU%% = process, loop%% = the endpoints' thread, flood%% = the "
+           "flooder's;\n"
+           "   drops = datagrams the kernel dropped on the two endpoints' sockets, flood "
+           "INITs included.\n\n",
+           v->name, gc.preset_name, wnd, o->sockbuf, f->n_fds, warm, o->secs, o->repeat);
+    for (unsigned rep = 0; rep < o->repeat; rep++) {
+        for (size_t i = 0; i < n; i++) {
+            fl_result x;
+            memset(&x, 0, sizeof(x));
+            x.cell = cells[i];
+            fl_run run;
+            memset(&run, 0, sizeof(run));
+            run.f = f;
+            f->cell = cells[i];
+            atomic_store(&f->stop, false);
+            atomic_store(&f->sent, 0);
+            atomic_store(&f->send_errors, 0);
+            atomic_store(&f->got_resp, 0);
+            atomic_store(&f->got_cookie, 0);
+            atomic_store(&f->got_other, 0);
+            fl_drain_all(f);
+            gp_hooks hooks = {fl_start, fl_measure, fl_end, &run};
+            gp_run_case(&gc, pattern, o->secs, &hooks, &x.gp);
+            if (x.gp.ok)
+                fl_judge(&x, &run, rl, o->flood_strict);
+            fl_keep(&res[i], &x, rep);
+        }
+        if (o->repeat > 1)
+            printf("(flood round %u of %u done)\n", rep + 1, o->repeat);
+    }
+
+    const fl_result *base = &res[0];
+    double base_mb = base->gp.ok ? base->gp.mb_s : 0.0;
+    printf("%-10s %8s %9s %8s %6s %7s %5s %5s %6s %6s %6s\n", "flood", "target/s", "sent/s", "MB/s",
+           "ratio", "spread", "CPU%", "loop%", "flood%", "retr%", "drops");
+    for (size_t i = 0; i < n; i++) {
+        const fl_result *x = &res[i];
+        char rate[24], sp[16];
+        fl_rate_name(rate, sizeof(rate), &x->cell);
+        snprintf(sp, sizeof(sp), "%.1f%%", spread(x->gp.mb_s, x->gp.mb_s_min));
+        if (!x->gp.ok) {
+            printf("%-10s %8s FAILED: %s\n", fl_kind_names[x->cell.kind], rate, x->gp.why);
+            continue;
+        }
+        printf("%-10s %8s %9.0f %8.1f %6.2f %7s %5.0f %5.0f %6.0f %6.2f %6" PRIu64 "\n",
+               fl_kind_names[x->cell.kind], rate, x->sent_per_s, x->gp.mb_s,
+               base_mb > 0 ? x->gp.mb_s / base_mb : 0.0, sp, x->gp.cpu_pct, x->loop_cpu_pct,
+               x->flood_cpu_pct,
+               x->gp.segs_sent ? 100.0 * (double)x->gp.retrans / (double)x->gp.segs_sent : 0.0,
+               x->gp.drops);
+    }
+    printf("\nThe server over the whole flood (the kept run): INITs read, cookie replies, DH "
+           "(responder\nhandshakes: RESPs sent, derived from bytes_sent_unvalidated; no stat "
+           "counts DH), the\npolicy's bound on them (load_burst %u + load_rate %u/s x flood "
+           "time), refusals, half-open\nsessions (peak / at the end, cap %u), sessions "
+           "accepted, and what the flooder got back.\n\n",
+           rl->load_burst, rl->load_rate, rl->halfopen_max);
+    printf("%-10s %8s %9s %9s %6s %6s %8s %7s %7s %8s %9s %4s %8s %8s\n", "flood", "target/s",
+           "sent", "seen", "DH", "bound", "cookies", "ratelim", "limit", "bad mac1", "half-open",
+           "acc", "got resp", "got cook");
+    int failed = 0;
+    for (size_t i = 0; i < n; i++) {
+        const fl_result *x = &res[i];
+        char rate[24], half[24];
+        fl_rate_name(rate, sizeof(rate), &x->cell);
+        snprintf(half, sizeof(half), "%u/%u", x->halfopen_peak, x->d.halfopen_now);
+        failed += !x->gp.ok;
+        printf("%-10s %8s %9" PRIu64 " %9" PRIu64 " %6" PRIu64 " %6" PRIu64 " %8" PRIu64
+               " %7" PRIu64 " %7" PRIu64 " %8" PRIu64 " %9s %4" PRIu64 " %8" PRIu64 " %8" PRIu64
+               "%s\n",
+               fl_kind_names[x->cell.kind], rate, x->sent, x->seen, x->dh, x->dh_bound,
+               x->d.cookies_sent, x->d.drop_ratelimited, x->d.drop_limit, x->d.drop_auth, half,
+               x->d.sessions_accepted, x->got_resp, x->got_cookie, x->gp.ok ? "" : "  FAILED");
+        fprintf(out,
+                "{\"bench\":\"transport\",\"mode\":\"flood\",\"variant\":\"%s\",\"threads\":1,"
+                "\"preset\":\"%s\",\"snd_wnd\":%u,\"rcv_wnd\":%u,\"write_bytes\":%u,"
+                "\"sockbuf\":%d,\"flood\":\"%s\",\"flood_rate_target\":%" PRIu64
+                ",\"flood_sources\":%zu,\"strict\":%s,\"ok\":%s,\"bytes\":%" PRIu64
+                ",\"wall_s\":%.4f,\"mb_per_s\":%.2f,\"mb_per_s_slowest\":%.2f,\"repeats\":%u,"
+                "\"ratio_vs_baseline\":%.3f,\"cpu_pct\":%.1f,\"loop_cpu_pct\":%.1f,"
+                "\"flooder_cpu_pct\":%.1f,\"segs_sent\":%" PRIu64 ",\"retrans\":%" PRIu64
+                ",\"socket_drops\":%" PRIu64 ",",
+                v->name, gc.preset_name, x->gp.snd_wnd, x->gp.rcv_wnd, GP_WRITE, gc.sockbuf,
+                fl_kind_names[x->cell.kind], x->cell.rate, f->n_fds,
+                o->flood_strict ? "true" : "false", x->gp.ok ? "true" : "false", x->gp.bytes,
+                x->gp.secs, x->gp.mb_s, x->gp.mb_s_min, x->gp.runs,
+                base_mb > 0 ? x->gp.mb_s / base_mb : 0.0, x->gp.cpu_pct, x->loop_cpu_pct,
+                x->flood_cpu_pct, x->gp.segs_sent, x->gp.retrans, x->gp.drops);
+        fprintf(out,
+                "\"flood_s\":%.4f,\"inits_sent\":%" PRIu64 ",\"inits_sent_measured\":%" PRIu64
+                ",\"inits_per_s\":%.0f,\"send_errors\":%" PRIu64 ",\"inits_seen\":%" PRIu64
+                ",\"dh\":%" PRIu64 ",\"dh_bound\":%" PRIu64 ",\"cookies_sent\":%" PRIu64
+                ",\"drop_auth\":%" PRIu64 ",\"drop_ratelimited\":%" PRIu64
+                ",\"drop_limit\":%" PRIu64 ",\"drop_malformed\":%" PRIu64
+                ",\"drop_unknown_session\":%" PRIu64 ",\"sessions_refused\":%" PRIu64
+                ",\"sessions_accepted\":%" PRIu64 ",\"halfopen_peak\":%u,\"halfopen_end\":%u,"
+                "\"sessions_end\":%u,\"send_failed\":%" PRIu64
+                ",\"bytes_sent_unvalidated\":%" PRIu64 ",\"bytes_recv_unvalidated\":%" PRIu64
+                ",\"flooder_got_resp\":%" PRIu64 ",\"flooder_got_cookie\":%" PRIu64
+                ",\"flooder_got_other\":%" PRIu64 ",",
+                x->flood_s, x->sent, x->sent_window, x->sent_per_s, x->send_errors, x->seen, x->dh,
+                x->dh_bound, x->d.cookies_sent, x->d.drop_auth, x->d.drop_ratelimited,
+                x->d.drop_limit, x->d.drop_malformed, x->d.drop_unknown_session,
+                x->d.sessions_refused, x->d.sessions_accepted, x->halfopen_peak, x->d.halfopen_now,
+                x->d.sessions_now, x->d.send_failed, x->d.bytes_sent_unvalidated,
+                x->d.bytes_recv_unvalidated, x->got_resp, x->got_cookie, x->got_other);
+        if (x->gp.why[0])
+            fprintf(out, "\"why\":\"%s\",", x->gp.why);
+        tern_bench_json_stamp(out, &host, o->quick);
+    }
+    printf("\n");
+    fl_teardown(f);
+    free(f);
+    free(res);
+    free(pattern);
+    return failed;
+}
+
+/* ======================================================================
  * main
  * ====================================================================== */
 
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: %s [--mode goodput|idle|latency|all] [--quick] [--seconds S] [--out PATH]\n"
-            "       [--threads 1|2] [--variant plaintext|chachapoly|aesgcm]\n"
+            "usage: %s [--mode goodput|idle|latency|flood|all] [--quick] [--seconds S]\n"
+            "       [--out PATH] [--threads 1|2] [--variant plaintext|chachapoly|aesgcm]\n"
             "       [--repeat N] [--preset NAME] [--window N] [--sockbuf B] [--no-raw]\n"
             "       [--sessions N] [--clients N] [--idle S] [--rate N]\n"
+            "       [--flood-rate LIST] [--flood-sources N] [--flood-kind valid|bad|both]\n"
+            "       [--flood-strict]\n"
             "The transport over loopback: stream goodput and CPU beside raw sendmmsg, memory\n"
-            "and CPU of idle sessions, message round trips beside raw UDP ping-pong.\n"
-            "  --mode M      what to run (default all)\n"
+            "and CPU of idle sessions, message round trips beside raw UDP ping-pong, and a\n"
+            "live stream's goodput under a flood of spoofed handshake initiations.\n"
+            "  --mode M      what to run (default all: every mode)\n"
             "  --quick       a seconds-long smoke run (CI)\n"
-            "  --seconds S   goodput: time per run; latency: time per series (default 5)\n"
+            "  --seconds S   goodput, flood: time per run; latency: time per series\n"
+            "                (default 5)\n"
             "  --threads T   goodput: 1 (one loop) or 2 (a loop per endpoint); default both\n"
-            "  --variant V   goodput: only this security variant\n"
+            "  --variant V   goodput: only this security variant; flood: this one\n"
+            "                instead of chachapoly (a Noise one)\n"
             "  --preset P    goodput: only this preset, normal|fast|fast2|fast3|turbo\n"
-            "                (default fast3 and normal)\n"
+            "                (default fast3 and normal); flood: instead of fast3\n"
             "  --window W    goodput: only this window (snd = rcv), 0 for the defaults\n"
-            "                (128/256); default 0 and 1024\n"
-            "  --repeat N    goodput and latency: runs per cell or series, interleaved;\n"
-            "                the best is kept (default 1)\n"
-            "  --sockbuf B   goodput: SO_SNDBUF/SO_RCVBUF bytes, 0 for the OS default\n"
-            "                (default 4 MiB)\n"
+            "                (128/256); default 0 and 1024; flood: instead of 0\n"
+            "  --repeat N    goodput, latency, flood: runs per cell or series,\n"
+            "                interleaved; the best is kept (default 1)\n"
+            "  --sockbuf B   goodput, flood: SO_SNDBUF/SO_RCVBUF bytes, 0 for the OS\n"
+            "                default (default 4 MiB)\n"
             "  --no-raw      goodput: skip the raw UDP references (for profilers)\n"
             "  --sessions N  idle: sessions (default 10000)\n"
             "  --clients N   idle: client endpoints sharing them (default 10, at most %u)\n"
             "  --idle S      idle: seconds of idleness measured (default 10)\n"
             "  --rate N      latency: messages per second (default 1000)\n"
+            "  --flood-rate LIST  flood: INITs per second, comma-separated, \"max\" for as\n"
+            "                fast as the flooder can (default 10000,50000,200000,max;\n"
+            "                --quick: 20000); a no-flood baseline always runs too\n"
+            "  --flood-sources N  flood: source addresses, a socket each (default 256,\n"
+            "                at most %u)\n"
+            "  --flood-kind K  flood: valid (valid mac1), bad (bad mac1) or both (default)\n"
+            "  --flood-strict  flood: fail if any flood INIT cost a DH or a half-open\n"
+            "                session (default: fail above what the DoS policy allows)\n"
             "  --out PATH    JSON-lines results file to append to (default %s)\n",
-            PROG, IDLE_CLIENTS_MAX, TERN_BENCH_RESULTS_DEFAULT);
+            PROG, IDLE_CLIENTS_MAX, FL_SOURCES_MAX, TERN_BENCH_RESULTS_DEFAULT);
 }
 
 static int parse_named(const char *flag, const char *v, const char *const *names, int n, int *out)
@@ -1883,9 +2506,36 @@ static int parse_named(const char *flag, const char *v, const char *const *names
     return -1;
 }
 
+/* "10000,50000,max": INITs per second, 0 for max. */
+static int parse_rates(const char *flag, const char *v, uint64_t *rates, size_t *n)
+{
+    char buf[256];
+    char *save = NULL;
+    size_t k = 0;
+    snprintf(buf, sizeof(buf), "%s", v);
+    for (char *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        if (k == FL_RATES_MAX) {
+            fprintf(stderr, "%s: %s: at most %u rates\n", PROG, flag, FL_RATES_MAX);
+            return -1;
+        }
+        if (!strcmp(t, "max"))
+            rates[k] = 0;
+        else if (tern_bench_parse_u64(PROG, flag, t, 1, 100000000, &rates[k]) != 0)
+            return -1;
+        k++;
+    }
+    if (k == 0) {
+        fprintf(stderr, "%s: bad value for %s: '%s'\n", PROG, flag, v);
+        return -1;
+    }
+    *n = k;
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
-    static const char *const modes[] = {"all", "goodput", "idle", "latency"};
+    static const char *const modes[] = {"all", "goodput", "idle", "latency", "flood"};
+    static const char *const knames[] = {"both", "valid", "bad"};
     static const char *const vnames[] = {"plaintext", "chachapoly", "aesgcm"};
     static const char *const pnames[] = {"normal", "fast", "fast2", "fast3", "turbo"};
     const char *out_path = TERN_BENCH_RESULTS_DEFAULT;
@@ -1898,9 +2548,14 @@ int main(int argc, char **argv)
                  .sessions = 10000,
                  .clients = 10,
                  .idle_secs = 10.0,
-                 .rate = 1000};
+                 .rate = 1000,
+                 .flood_rates = {10000, 50000, 200000, 0},
+                 .n_flood_rates = 4,
+                 .flood_sources = 256,
+                 .flood_kind = -1};
     int mode = 0;
     bool secs_given = false, sessions_given = false, clients_given = false, idle_given = false;
+    bool flood_rates_given = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -1912,6 +2567,10 @@ int main(int argc, char **argv)
         }
         if (!strcmp(a, "--no-raw")) {
             o.no_raw = true;
+            continue;
+        }
+        if (!strcmp(a, "--flood-strict")) {
+            o.flood_strict = true;
             continue;
         }
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -1926,7 +2585,7 @@ int main(int argc, char **argv)
         if (!strcmp(a, "--out")) {
             out_path = v;
         } else if (!strcmp(a, "--mode")) {
-            rc = parse_named(a, v, modes, 4, &mode);
+            rc = parse_named(a, v, modes, 5, &mode);
         } else if (!strcmp(a, "--seconds")) {
             rc = tern_bench_parse_double(PROG, a, v, 0.05, 600.0, &o.secs);
             secs_given = true;
@@ -1957,6 +2616,15 @@ int main(int argc, char **argv)
             idle_given = true;
         } else if (!strcmp(a, "--rate")) {
             rc = tern_bench_parse_u64(PROG, a, v, 1, 100000, &o.rate);
+        } else if (!strcmp(a, "--flood-rate")) {
+            rc = parse_rates(a, v, o.flood_rates, &o.n_flood_rates);
+            flood_rates_given = true;
+        } else if (!strcmp(a, "--flood-sources")) {
+            rc = tern_bench_parse_u64(PROG, a, v, 1, FL_SOURCES_MAX, &o.flood_sources);
+        } else if (!strcmp(a, "--flood-kind")) {
+            int k = 0;
+            rc = parse_named(a, v, knames, 3, &k);
+            o.flood_kind = k == 0 ? -1 : k;
         } else {
             usage(stderr);
             return 2;
@@ -1981,6 +2649,10 @@ int main(int argc, char **argv)
         }
         if (o.wnd < 0)
             o.wnd = 0;
+        if (!flood_rates_given) {
+            o.flood_rates[0] = 20000;
+            o.n_flood_rates = 1;
+        }
     }
     if (tern_crypto_init() != 0 || tern_keypair_generate(&server_kp) != 0) {
         fprintf(stderr, PROG ": libsodium did not initialise\n");
@@ -1990,10 +2662,9 @@ int main(int argc, char **argv)
     if (!out)
         return 1;
     setvbuf(stdout, NULL, _IOLBF, 0);
-    machine_init();
-    double load[3] = {0, 0, 0};
-    if (getloadavg(load, 3) != 3)
-        load[0] = load[1] = load[2] = -1;
+    tern_bench_machine_init(&host);
+    double load[3];
+    tern_bench_loadavg(load);
     printf("%s: %ld CPUs (%s), kernel %s, load average %.2f %.2f %.2f%s\n\n", PROG, host.nproc,
            host.cpu, host.kernel, load[0], load[1], load[2], o.quick ? ", quick run" : "");
 
@@ -2004,6 +2675,8 @@ int main(int argc, char **argv)
         failed += idle(&o, out);
     if (mode == 0 || mode == 3)
         failed += latency(&o, out);
+    if (mode == 0 || mode == 4)
+        failed += flood(&o, out);
     fclose(out);
     if (failed)
         fprintf(stderr, PROG ": %d result(s) failed\n", failed);

@@ -31,7 +31,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -57,13 +56,6 @@ typedef struct result {
     double secs;
     unsigned segs; /* datagrams per send call where fixed */
 } result;
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 static void fail(result *r, const char *what)
 {
@@ -134,7 +126,7 @@ static void run_sendto(size_t size, double secs, result *r)
     static uint8_t buf[SIZE_MAX_], rbuf[SIZE_MAX_ + 1];
     r->segs = 1;
     if (open_pair(&tx, &rx, &to, r) == 0) {
-        double t0 = now_s(), t = t0;
+        double t0 = tern_bench_now_s(), t = t0;
         while (r->ok && t - t0 < secs) {
             for (unsigned k = 0; k < BATCH; k++) {
                 r->send_calls++;
@@ -157,7 +149,7 @@ static void run_sendto(size_t size, double secs, result *r)
                 if (!take(r, n, size))
                     break;
             }
-            t = now_s();
+            t = tern_bench_now_s();
         }
         r->secs = t - t0;
     }
@@ -222,7 +214,7 @@ static void run_mmsg(size_t size, double secs, result *r)
     struct iovec iov = {buf, size};
     r->segs = BATCH;
     if (mmsg_rx_init(&m, size) == 0 && open_pair(&tx, &rx, &to, r) == 0) {
-        double t0 = now_s(), t = t0;
+        double t0 = tern_bench_now_s(), t = t0;
         while (r->ok && t - t0 < secs) {
             for (unsigned k = 0; k < BATCH; k++) {
                 memset(&out[k], 0, sizeof(out[k]));
@@ -240,7 +232,7 @@ static void run_mmsg(size_t size, double secs, result *r)
             if (n > 0)
                 r->sent += (uint64_t)n;
             drain_mmsg(rx, &m, size, r);
-            t = now_s();
+            t = tern_bench_now_s();
         }
         r->secs = t - t0;
     } else if (!m.bufs) {
@@ -277,7 +269,7 @@ static void run_gso(size_t size, double secs, result *r)
             char buf[CMSG_SPACE(sizeof(uint16_t))];
         } cm;
         struct iovec iov = {buf, (size_t)segs * size};
-        double t0 = now_s(), t = t0;
+        double t0 = tern_bench_now_s(), t = t0;
         while (r->ran && r->ok && t - t0 < secs) {
             struct msghdr h;
             memset(&h, 0, sizeof(h));
@@ -303,7 +295,7 @@ static void run_gso(size_t size, double secs, result *r)
             if (n > 0)
                 r->sent += segs;
             drain_mmsg(rx, &m, size, r);
-            t = now_s();
+            t = tern_bench_now_s();
         }
         r->secs = t - t0;
     }
