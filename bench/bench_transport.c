@@ -186,18 +186,25 @@ typedef struct variant {
     const char *name;
     tern_security security;
     const char *cipher; /* Noise only */
+    tern_aead_impl aead; /* which library seals and opens */
 } variant;
 
+/* chachapoly and aesgcm use the build's default library (OpenSSL where
+ * tern was built with it); the -sodium rows pin libsodium, for the
+ * side-by-side ratio. */
 static const variant variants[] = {
-    {"plaintext", TERN_SECURITY_PLAINTEXT, NULL},
-    {"chachapoly", TERN_SECURITY_NOISE, "ChaChaPoly"},
-    {"aesgcm", TERN_SECURITY_NOISE, "AESGCM"},
+    {"plaintext", TERN_SECURITY_PLAINTEXT, NULL, TERN_AEAD_IMPL_AUTO},
+    {"chachapoly", TERN_SECURITY_NOISE, "ChaChaPoly", TERN_AEAD_IMPL_AUTO},
+    {"aesgcm", TERN_SECURITY_NOISE, "AESGCM", TERN_AEAD_IMPL_AUTO},
+    {"chachapoly-sodium", TERN_SECURITY_NOISE, "ChaChaPoly", TERN_AEAD_IMPL_LIBSODIUM},
+    {"aesgcm-sodium", TERN_SECURITY_NOISE, "AESGCM", TERN_AEAD_IMPL_LIBSODIUM},
 };
-#define N_VARIANTS 3
+#define N_VARIANTS 5
 
 static bool variant_available(const variant *v)
 {
-    return !v->cipher || strcmp(v->cipher, "AESGCM") != 0 || tern_crypto_aesgcm_available();
+    return (!v->cipher || strcmp(v->cipher, "AESGCM") != 0 || tern_crypto_aesgcm_available()) &&
+           tern_aead_impl_available(v->aead);
 }
 
 static void endpoint_config(tern_endpoint_config *cfg, const variant *v, bool server)
@@ -205,6 +212,7 @@ static void endpoint_config(tern_endpoint_config *cfg, const variant *v, bool se
     tern_endpoint_config_default(cfg);
     cfg->security = v->security;
     cfg->noise.cipher = v->cipher;
+    cfg->aead_impl = v->aead;
     if (server)
         cfg->noise.static_key = &server_kp;
     else
@@ -510,7 +518,7 @@ static void gp_run_case(const gp_case *c, uint8_t *pattern, double secs, const g
     res->ran = res->ok = true;
     if (!variant_available(c->v)) {
         res->ran = false;
-        snprintf(res->why, sizeof(res->why), "no AES-NI on this CPU");
+        snprintf(res->why, sizeof(res->why), "no AES-NI on this CPU, or no OpenSSL in this build");
         return;
     }
     gp_run *r = calloc(1, sizeof(*r));
@@ -896,7 +904,7 @@ static int goodput(const options *o, FILE *out)
         if (o->repeat > 1)
             printf("(round %u of %u done)\n", rep + 1, o->repeat);
     }
-    printf("%-7s %-10s %-6s %9s %9s %7s %6s %6s %8s %8s %7s %7s\n", "threads", "variant", "preset",
+    printf("%-7s %-17s %-6s %9s %9s %7s %6s %6s %8s %8s %7s %7s\n", "threads", "variant", "preset",
            "wnd", "MB/s", "spread", "CPU%", "s/GB", "vs mmsg", "vs plain", "retr%", "drops");
     for (int k = 0; k < 2 && !o->no_raw; k++) {
         const raw_result *x = k ? &gso : &raw;
@@ -904,12 +912,12 @@ static int goodput(const options *o, FILE *out)
         char sp[16];
         snprintf(sp, sizeof(sp), "%.1f%%", spread(x->mb_s, x->mb_s_min));
         if (x->ok)
-            printf("%-7d %-10s %-6s %9s %9.1f %7s %6.0f %6.2f %8.2f %8s %7s %7s\n", 1, name, "-",
+            printf("%-7d %-17s %-6s %9s %9.1f %7s %6.0f %6.2f %8.2f %8s %7s %7s\n", 1, name, "-",
                    "1200 B", x->mb_s, sp, x->cpu_pct,
                    x->mb_s > 0 ? x->cpu_pct / 100.0 / (x->mb_s / 1e3) : 0.0,
                    raw.ok && raw.mb_s > 0 ? x->mb_s / raw.mb_s : 0.0, "-", "-", "-");
         else
-            printf("%-7d %-10s %s: %s\n", 1, name, x->skipped ? "skipped" : "FAILED", x->why);
+            printf("%-7d %-17s %s: %s\n", 1, name, x->skipped ? "skipped" : "FAILED", x->why);
         fprintf(out,
                 "{\"bench\":\"transport\",\"mode\":\"goodput\",\"variant\":\"%s\","
                 "\"threads\":1,\"dgram_size\":%u,\"ok\":%s,\"sent\":%" PRIu64
@@ -941,14 +949,14 @@ static int goodput(const options *o, FILE *out)
         snprintf(sp, sizeof(sp), "%.1f%%", spread(r->mb_s, r->mb_s_min));
         snprintf(vp, sizeof(vp), vs_plain > 0 ? "%.2f" : "-", vs_plain);
         if (!r->ran) {
-            printf("%-7d %-10s %-6s %9s skipped: %s\n", r->c.threads, r->c.v->name,
+            printf("%-7d %-17s %-6s %9s skipped: %s\n", r->c.threads, r->c.v->name,
                    r->c.preset_name, wnd, r->why);
         } else if (!r->ok) {
-            printf("%-7d %-10s %-6s %9s FAILED: %s\n", r->c.threads, r->c.v->name, r->c.preset_name,
+            printf("%-7d %-17s %-6s %9s FAILED: %s\n", r->c.threads, r->c.v->name, r->c.preset_name,
                    wnd, r->why);
             failed++;
         } else {
-            printf("%-7d %-10s %-6s %9s %9.1f %7s %6.0f %6.2f %8.2f %8s %7.2f %7" PRIu64 "\n",
+            printf("%-7d %-17s %-6s %9s %9.1f %7s %6.0f %6.2f %8.2f %8s %7.2f %7" PRIu64 "\n",
                    r->c.threads, r->c.v->name, r->c.preset_name, wnd, r->mb_s, sp, r->cpu_pct,
                    r->cpu_s_per_gb, vs_raw, vp,
                    r->segs_sent ? 100.0 * (double)r->retrans / (double)r->segs_sent : 0.0,
@@ -983,7 +991,7 @@ static int goodput(const options *o, FILE *out)
     printf("\nbest per variant:\n");
     for (int v = 0; v < N_VARIANTS; v++) {
         if (best[v])
-            printf("  %-10s %8.1f MB/s  (threads %d, %s, wnd %u/%u)\n", variants[v].name,
+            printf("  %-17s %8.1f MB/s  (threads %d, %s, wnd %u/%u)\n", variants[v].name,
                    best[v]->mb_s, best[v]->c.threads, best[v]->c.preset_name, best[v]->snd_wnd,
                    best[v]->rcv_wnd);
     }
@@ -2454,7 +2462,8 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: %s [--mode goodput|idle|latency|flood|all] [--quick] [--seconds S]\n"
-            "       [--out PATH] [--threads 1|2] [--variant plaintext|chachapoly|aesgcm]\n"
+            "       [--out PATH] [--threads 1|2]\n"
+            "       [--variant plaintext|chachapoly|aesgcm|chachapoly-sodium|aesgcm-sodium]\n"
             "       [--repeat N] [--preset NAME] [--window N] [--sockbuf B] [--no-raw]\n"
             "       [--sessions N] [--clients N] [--idle S] [--rate N]\n"
             "       [--flood-rate LIST] [--flood-sources N] [--flood-kind valid|bad|both]\n"
@@ -2536,7 +2545,8 @@ int main(int argc, char **argv)
 {
     static const char *const modes[] = {"all", "goodput", "idle", "latency", "flood"};
     static const char *const knames[] = {"both", "valid", "bad"};
-    static const char *const vnames[] = {"plaintext", "chachapoly", "aesgcm"};
+    static const char *const vnames[] = {"plaintext", "chachapoly", "aesgcm", "chachapoly-sodium",
+                                         "aesgcm-sodium"};
     static const char *const pnames[] = {"normal", "fast", "fast2", "fast3", "turbo"};
     const char *out_path = TERN_BENCH_RESULTS_DEFAULT;
     options o = {.secs = 5.0,
@@ -2593,7 +2603,7 @@ int main(int argc, char **argv)
             rc = tern_bench_parse_u64(PROG, a, v, 1, 2, &u);
             o.threads = (int)u;
         } else if (!strcmp(a, "--variant")) {
-            rc = parse_named(a, v, vnames, 3, &o.variant);
+            rc = parse_named(a, v, vnames, N_VARIANTS, &o.variant);
         } else if (!strcmp(a, "--preset")) {
             rc = parse_named(a, v, pnames, 5, &o.preset);
             o.preset_name = v;
