@@ -22,6 +22,13 @@
  *   mac1       tern_cookie_server_check() on a 192-byte INIT with a good
  *              mac1 and with a bad one: the first check a server makes,
  *              before any DH.
+ *   cookie     a server's whole work per valid-mac1 INIT under load, as
+ *              transport/handshake.c does it: mac1, mac2 (refused), the
+ *              cookie reply; with mac2 zero (a client without a cookie) and
+ *              junk (a flood's choice), a new source address per INIT, and a
+ *              previous secret in place. Through the public calls
+ *              (tern_cookie_server_check() twice, tern_cookie_reply_write())
+ *              and through the once-only internal ones the transport uses.
  *
  * Each figure is the fastest of --rounds slices (default 5), ours and
  * libsodium's slices interleaved so both see the same machine: on a shared
@@ -36,6 +43,7 @@
 #include <string.h>
 
 #include "bench/common.h"
+#include "crypto/cookie_internal.h"
 #include "tern/crypto.h"
 #include "transport/wire.h"
 
@@ -480,6 +488,56 @@ static bool op_mac_bad(void *arg)
            TERN_ERR_DECRYPT;
 }
 
+/* ---- the cookie path: a server's whole work per valid-mac1 INIT under load ---- */
+
+#define N_COOKIE_SRC 256u /* spoofed sources the INITs cycle through */
+
+typedef struct cookie_ctx {
+    tern_cookie_server *server;
+    uint8_t msg[TERN_WIRE_INIT_BYTES]; /* good mac1; mac2 zero or junk */
+    uint8_t reply[TERN_COOKIE_REPLY_BYTES];
+    tern_addr src;
+    unsigned next;
+} cookie_ctx;
+
+/* The time every call is made at: one rotation after the server was made,
+ * so a previous secret exists as on any server up for two minutes. */
+#define COOKIE_NOW ((tern_ms)TERN_COOKIE_SECRET_MS)
+
+/* A fresh spoofed source per INIT, as in a flood. */
+static const tern_addr *next_src(cookie_ctx *c)
+{
+    c->next = (c->next + 1) % N_COOKIE_SRC;
+    c->src.bytes[3] = (uint8_t)c->next;
+    return &c->src;
+}
+
+/* As transport/handshake.c called it before the once-only path: mac1,
+ * mac2 under load, the reply. */
+static bool op_cookie_api(void *arg)
+{
+    cookie_ctx *c = arg;
+    const tern_addr *src = next_src(c);
+    tern_cookie_server *s = c->server;
+    const size_t len = sizeof(c->msg);
+    return tern_cookie_server_check(s, c->msg, len, src, false, COOKIE_NOW) == 0 &&
+           tern_cookie_server_check(s, c->msg, len, src, true, COOKIE_NOW) == TERN_ERR_COOKIE &&
+           tern_cookie_reply_write(s, TERN_WIRE_COOKIE, 1, c->msg, len, src, COOKIE_NOW, c->reply,
+                                   sizeof(c->reply)) == (tern_ssize)TERN_COOKIE_REPLY_BYTES;
+}
+
+/* As transport/handshake.c calls it now: mac1 once, its verdict passed on. */
+static bool op_cookie_once(void *arg)
+{
+    cookie_ctx *c = arg;
+    tern_cookie_server *s = c->server;
+    tern_cookie_msg m;
+    return tern_cookie_server_mac1(s, &m, c->msg, sizeof(c->msg), next_src(c)) == 0 &&
+           tern_cookie_server_mac2(s, &m, COOKIE_NOW) == TERN_ERR_COOKIE &&
+           tern_cookie_server_reply(s, &m, TERN_WIRE_COOKIE, 1, COOKIE_NOW, c->reply,
+                                    sizeof(c->reply)) == (tern_ssize)TERN_COOKIE_REPLY_BYTES;
+}
+
 static void rate_json(FILE *out, const opts *o, const char *mode, const char *what, const timing *t,
                       double ratio_name_val, const char *ratio_name)
 {
@@ -584,13 +642,80 @@ static int handshakes(const opts *o, FILE *out)
     return failed;
 }
 
+/* Rows of the cookie-path table: the mac2 an INIT carries (zero: what a
+ * client without a cookie sends; junk: what a flood may send instead). */
+static bool cookie_setup(cookie_ctx *c, const tern_keypair *server, bool junk_mac2)
+{
+    tern_cookie_client *cc = NULL;
+    memset(c, 0, sizeof(*c));
+    randombytes_buf(c->msg, sizeof(c->msg));
+    c->src.len = 6;
+    memcpy(c->src.bytes, "\xc6\x33\x64\x00\x13\x88", 6);
+    bool ok = tern_cookie_server_new(&c->server, &server->pub, NULL, NULL, 0, NULL) == 0 &&
+              tern_cookie_client_new(&cc, &server->pub, NULL) == 0 &&
+              tern_cookie_client_add_macs(cc, c->msg, sizeof(c->msg), 0) == 0;
+    tern_cookie_client_del(cc);
+    if (ok && junk_mac2)
+        randombytes_buf(c->msg + sizeof(c->msg) - TERN_MAC_BYTES, TERN_MAC_BYTES);
+    return ok;
+}
+
+static int cookie_path(const opts *o, FILE *out)
+{
+    enum { N = 4 };
+    const char *what[N] = {"public calls, mac2 zero", "public calls, mac2 junk",
+                           "once-only, mac2 zero", "once-only, mac2 junk"};
+    const char *keys[N] = {"cookie_api_zero", "cookie_api_junk", "cookie_once_zero",
+                           "cookie_once_junk"};
+    tern_keypair server;
+    cookie_ctx *c = calloc(N, sizeof(*c));
+    int failed = 0;
+    if (!c || tern_keypair_generate(&server) != 0) {
+        free(c);
+        return 1;
+    }
+    bool ok = true;
+    for (int i = 0; i < N; i++)
+        ok = ok && cookie_setup(&c[i], &server, i % 2 == 1);
+    if (!ok) {
+        fprintf(stderr, PROG ": cookie setup failed\n");
+        failed++;
+    } else {
+        op ops[N] = {{op_cookie_api, NULL, &c[0]},
+                     {op_cookie_api, NULL, &c[1]},
+                     {op_cookie_once, NULL, &c[2]},
+                     {op_cookie_once, NULL, &c[3]}};
+        timing t[N];
+        race(ops, t, N, o->secs, o->rounds);
+        printf("== the cookie path: a server's work per valid-mac1 INIT under load (mac1,\n"
+               "   mac2, cookie reply), one core, fastest of %d interleaved slices.\n\n",
+               o->rounds);
+        printf("%-30s %12s %10s\n", "operation", "per second", "ns each");
+        for (int i = 0; i < N; i++) {
+            if (t[i].ok)
+                printf("%-30s %12.0f %10.0f\n", what[i], t[i].best, 1e9 / t[i].best);
+            else
+                printf("%-30s FAILED: a check or reply gave the wrong result\n", what[i]);
+            failed += !t[i].ok;
+            rate_json(out, o, "cookie_path", keys[i], &t[i], 0, NULL);
+        }
+        printf("\n");
+    }
+    for (int i = 0; i < N; i++)
+        tern_cookie_server_del(c[i].server);
+    free(c);
+    sodium_memzero(&server, sizeof(server));
+    return failed;
+}
+
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: %s [--quick] [--seconds S] [--rounds N] [--size N] [--out PATH]\n"
+            "usage: %s [--quick] [--mode M] [--seconds S] [--rounds N] [--size N] [--out PATH]\n"
             "AEAD per packet through tern_crypto_session beside libsodium alone, Noise\n"
-            "handshakes per second, and the mac1 check, on one core.\n"
+            "handshakes per second, the mac1 check and the cookie path, on one core.\n"
             "  --quick      a short smoke run (CI)\n"
+            "  --mode M     all (default), aead, handshake or cookie\n"
             "  --seconds S  time per figure (default 3)\n"
             "  --rounds N   interleaved slices per figure, fastest kept (default 5)\n"
             "  --size N     payload bytes per packet, %u..%u (default 1200)\n"
@@ -603,6 +728,7 @@ int main(int argc, char **argv)
     const char *out_path = TERN_BENCH_RESULTS_DEFAULT;
     opts o = {.secs = 3.0, .rounds = 5, .size = 1200};
     bool secs_given = false;
+    const char *mode = "all";
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -623,6 +749,13 @@ int main(int argc, char **argv)
         i++;
         if (!strcmp(a, "--out")) {
             out_path = v;
+        } else if (!strcmp(a, "--mode")) {
+            mode = v;
+            if (strcmp(v, "all") && strcmp(v, "aead") && strcmp(v, "handshake") &&
+                strcmp(v, "cookie")) {
+                fprintf(stderr, PROG ": --mode: all, aead, handshake or cookie, not %s\n", v);
+                return 2;
+            }
         } else if (!strcmp(a, "--seconds")) {
             rc = tern_bench_parse_double(PROG, a, v, 0.01, 600.0, &o.secs);
             secs_given = true;
@@ -655,7 +788,14 @@ int main(int argc, char **argv)
     printf("%s: %ld CPUs (%s), kernel %s, libsodium %s, load average %.2f %.2f %.2f%s\n\n", PROG,
            host.nproc, host.cpu, host.kernel, sodium_version_string(), load[0], load[1], load[2],
            o.quick ? ", quick run" : "");
-    int failed = aead(&o, out) + handshakes(&o, out);
+    bool all = !strcmp(mode, "all");
+    int failed = 0;
+    if (all || !strcmp(mode, "aead"))
+        failed += aead(&o, out);
+    if (all || !strcmp(mode, "handshake"))
+        failed += handshakes(&o, out);
+    if (all || !strcmp(mode, "cookie"))
+        failed += cookie_path(&o, out);
     fclose(out);
     if (failed)
         fprintf(stderr, PROG ": %d result(s) failed\n", failed);

@@ -50,8 +50,9 @@
  * moves is wrong (a byte differs, a message is corrupt or duplicated, a
  * session does not come up or dies), a run stalls, or a flood got further
  * than the server's DoS policy lets it: a session for a flood source, DH
- * work beyond the load threshold's budget (with --flood-strict: any),
- * half-open sessions beyond their cap (with --flood-strict: any).
+ * for flood INITs or half-open sessions for flood sources beyond the
+ * detection burst, min(load_burst, halfopen_max / TERN_HALFOPEN_LOAD_DIV)
+ * (with --flood-strict: any at all).
  *
  * Results: a table per mode on stdout and one JSON object per result
  * appended to --out, each stamped with the date, the machine (nproc, CPU
@@ -799,7 +800,7 @@ typedef struct options {
     size_t n_flood_rates;
     uint64_t flood_sources;
     int flood_kind;    /* -1: both; else an fl_kind */
-    bool flood_strict; /* no DH, no half-open for any flood INIT */
+    bool flood_strict; /* no DH, no half-open for any flood INIT, not even the burst */
 } options;
 
 /* Keeps the fastest of the repeats (interference on a shared machine only
@@ -1847,7 +1848,7 @@ static int latency(const options *o, FILE *out)
 #define FL_REPLY_MAX 128u /* more than any answer to an INIT */
 #define FL_SAMPLE_MS 5u   /* how often the server's half-open gauge is read */
 /* The server's answer after a responder handshake (NK: e, empty payload's
- * tag): the bytes one DH for a flood INIT shows up as. */
+ * tag): what the flooder counts as a DH done for it. */
 #define FL_RESP_BYTES (TERN_WIRE_RESP_HEADER + 48u)
 
 typedef enum fl_kind { FL_NONE = 0, FL_VALID = 1, FL_BADMAC = 2 } fl_kind;
@@ -2145,7 +2146,8 @@ typedef struct fl_result {
     double loop_cpu_pct, flood_cpu_pct;
     tern_endpoint_stats d; /* the server's counters over the flood; gauges at its end */
     uint64_t seen;         /* INITs the server read */
-    uint64_t dh, dh_bound;
+    uint64_t dh, dh_bound; /* DH for INITs without a checked cookie, and its bound */
+    uint64_t dh_cookie;    /* DH for INITs with a valid cookie (none from a flood) */
     uint32_t halfopen_peak;
     uint64_t send_errors, got_resp, got_cookie, got_other;
 } fl_result;
@@ -2158,8 +2160,10 @@ static void fl_fail(fl_result *x, const char *why)
     snprintf(x->gp.why, sizeof(x->gp.why), "%s", why);
 }
 
-/* The figures of a run, and its verdict: what the DoS policy promises, or
- * with strict what issue 6 asks (no DH, no state for any flood INIT). */
+/* The figures of a run, and its verdict: what issue 6 asks, past the
+ * burst the server needs to detect a flood (no DH without a cookie and no
+ * half-open session for a flood source beyond it), or with strict none at
+ * all, not even the burst. */
 static void fl_judge(fl_result *x, const fl_run *r, const tern_ratelimit_config *rl, bool strict)
 {
     const tern_endpoint_stats *a = &r->s0, *b = &r->s1;
@@ -2199,30 +2203,25 @@ static void fl_judge(fl_result *x, const fl_run *r, const tern_ratelimit_config 
     FL_DELTA(send_failed);
     FL_DELTA(bytes_sent_unvalidated);
     FL_DELTA(bytes_recv_unvalidated);
+    FL_DELTA(handshakes_unproven);
+    FL_DELTA(handshakes_cookie);
 #undef FL_DELTA
     d->sessions_now = b->sessions_now;
     d->halfopen_now = b->halfopen_now;
     x->halfopen_peak = r->halfopen_peak;
     x->seen = d->bytes_recv_unvalidated / TERN_WIRE_INIT_BYTES;
-    /* No stat counts DH work. Each responder handshake is answered with one
-     * RESP, and each cookie with one COOKIE_REPLY, both to addresses not yet
-     * proven: the bytes sent there give the count (no flood INIT repeats a
-     * handshake, so no RESP is a resend). */
-    uint64_t cookie_bytes = d->cookies_sent * TERN_COOKIE_REPLY_BYTES;
-    uint64_t resp_bytes = d->bytes_sent_unvalidated - cookie_bytes;
-    if (d->bytes_sent_unvalidated < cookie_bytes || resp_bytes % FL_RESP_BYTES) {
-        snprintf(why, sizeof(why),
-                 "cannot count DH: %" PRIu64 " unvalidated bytes sent, %" PRIu64 " cookies",
-                 d->bytes_sent_unvalidated, d->cookies_sent);
-        fl_fail(x, why);
-    } else {
-        x->dh = resp_bytes / FL_RESP_BYTES;
-    }
-    /* Before the server counts as under load, the global bucket lets its
-     * burst and then its rate through to the per-source check and the DH. */
-    x->dh_bound = x->cell.kind == FL_VALID
-                      ? rl->load_burst + (uint64_t)((x->flood_s + 0.01) * (double)rl->load_rate)
-                      : 0;
+    x->dh = d->handshakes_unproven;
+    x->dh_cookie = d->handshakes_cookie;
+    /* The detection burst: DH without a cookie goes on until the global
+     * bucket runs dry or the half-open table reaches its cookie threshold,
+     * whichever comes first; from then on the server stays under load while
+     * the flood lasts. Bad mac1 gets nothing. */
+    uint64_t burst = rl->halfopen_max / TERN_HALFOPEN_LOAD_DIV;
+    if (burst == 0)
+        burst = 1;
+    if (rl->load_burst < burst)
+        burst = rl->load_burst;
+    x->dh_bound = x->cell.kind == FL_VALID ? burst : 0;
     if (x->cell.kind != FL_NONE && x->sent == 0)
         fl_fail(x, "the flooder sent nothing");
     if (d->sessions_accepted) {
@@ -2235,14 +2234,23 @@ static void fl_judge(fl_result *x, const fl_run *r, const tern_ratelimit_config 
         fl_fail(x, why);
     }
     if (x->dh > x->dh_bound || (strict && x->dh)) {
-        snprintf(why, sizeof(why), "%" PRIu64 " DH done for flood INITs (%s %" PRIu64 ")", x->dh,
-                 strict ? "strict: none allowed; the policy allows" : "the policy allows",
+        snprintf(why, sizeof(why),
+                 "%" PRIu64 " DH done for flood INITs without a cookie (%s %" PRIu64 ")", x->dh,
+                 strict ? "strict: none allowed; the detection burst is" : "detection burst",
                  x->dh_bound);
         fl_fail(x, why);
     }
-    if (x->halfopen_peak > rl->halfopen_max || (strict && x->halfopen_peak)) {
-        snprintf(why, sizeof(why), "%u half-open sessions for flood sources (cap %u)",
-                 x->halfopen_peak, rl->halfopen_max);
+    if (x->dh_cookie) {
+        snprintf(why, sizeof(why), "%" PRIu64 " DH counted as cookie-validated for a flood",
+                 x->dh_cookie);
+        fl_fail(x, why);
+    }
+    /* The live session is open before the flood starts: every half-open
+     * session during it is a flood source's. */
+    if (x->halfopen_peak > x->dh_bound || (strict && x->halfopen_peak)) {
+        snprintf(why, sizeof(why),
+                 "%u half-open sessions for flood sources (detection burst %" PRIu64 ")",
+                 x->halfopen_peak, x->dh_bound);
         fl_fail(x, why);
     }
 }
@@ -2388,14 +2396,14 @@ static int flood(const options *o, FILE *out)
                x->gp.drops);
     }
     printf("\nThe server over the whole flood (the kept run): INITs read, cookie replies, DH "
-           "(responder\nhandshakes: RESPs sent, derived from bytes_sent_unvalidated; no stat "
-           "counts DH), the\npolicy's bound on them (load_burst %u + load_rate %u/s x flood "
-           "time), refusals, half-open\nsessions (peak / at the end, cap %u), sessions "
+           "for INITs\nwithout a cookie (handshakes_unproven) and its bound, the detection "
+           "burst min(load_burst %u,\nhalfopen_max %u / %u), DH with a valid cookie "
+           "(handshakes_cookie), refusals, half-open\nsessions (peak / at the end), sessions "
            "accepted, and what the flooder got back.\n\n",
-           rl->load_burst, rl->load_rate, rl->halfopen_max);
-    printf("%-10s %8s %9s %9s %6s %6s %8s %7s %7s %8s %9s %4s %8s %8s\n", "flood", "target/s",
-           "sent", "seen", "DH", "bound", "cookies", "ratelim", "limit", "bad mac1", "half-open",
-           "acc", "got resp", "got cook");
+           rl->load_burst, rl->halfopen_max, TERN_HALFOPEN_LOAD_DIV);
+    printf("%-10s %8s %9s %9s %6s %6s %5s %8s %7s %7s %8s %9s %4s %8s %8s\n", "flood", "target/s",
+           "sent", "seen", "DH", "bound", "DHck", "cookies", "ratelim", "limit", "bad mac1",
+           "half-open", "acc", "got resp", "got cook");
     int failed = 0;
     for (size_t i = 0; i < n; i++) {
         const fl_result *x = &res[i];
@@ -2403,12 +2411,13 @@ static int flood(const options *o, FILE *out)
         fl_rate_name(rate, sizeof(rate), &x->cell);
         snprintf(half, sizeof(half), "%u/%u", x->halfopen_peak, x->d.halfopen_now);
         failed += !x->gp.ok;
-        printf("%-10s %8s %9" PRIu64 " %9" PRIu64 " %6" PRIu64 " %6" PRIu64 " %8" PRIu64
-               " %7" PRIu64 " %7" PRIu64 " %8" PRIu64 " %9s %4" PRIu64 " %8" PRIu64 " %8" PRIu64
-               "%s\n",
+        printf("%-10s %8s %9" PRIu64 " %9" PRIu64 " %6" PRIu64 " %6" PRIu64 " %5" PRIu64
+               " %8" PRIu64 " %7" PRIu64 " %7" PRIu64 " %8" PRIu64 " %9s %4" PRIu64 " %8" PRIu64
+               " %8" PRIu64 "%s\n",
                fl_kind_names[x->cell.kind], rate, x->sent, x->seen, x->dh, x->dh_bound,
-               x->d.cookies_sent, x->d.drop_ratelimited, x->d.drop_limit, x->d.drop_auth, half,
-               x->d.sessions_accepted, x->got_resp, x->got_cookie, x->gp.ok ? "" : "  FAILED");
+               x->dh_cookie, x->d.cookies_sent, x->d.drop_ratelimited, x->d.drop_limit,
+               x->d.drop_auth, half, x->d.sessions_accepted, x->got_resp, x->got_cookie,
+               x->gp.ok ? "" : "  FAILED");
         fprintf(out,
                 "{\"bench\":\"transport\",\"mode\":\"flood\",\"variant\":\"%s\",\"threads\":1,"
                 "\"preset\":\"%s\",\"snd_wnd\":%u,\"rcv_wnd\":%u,\"write_bytes\":%u,"
@@ -2424,24 +2433,24 @@ static int flood(const options *o, FILE *out)
                 x->gp.secs, x->gp.mb_s, x->gp.mb_s_min, x->gp.runs,
                 base_mb > 0 ? x->gp.mb_s / base_mb : 0.0, x->gp.cpu_pct, x->loop_cpu_pct,
                 x->flood_cpu_pct, x->gp.segs_sent, x->gp.retrans, x->gp.drops);
-        fprintf(out,
-                "\"flood_s\":%.4f,\"inits_sent\":%" PRIu64 ",\"inits_sent_measured\":%" PRIu64
-                ",\"inits_per_s\":%.0f,\"send_errors\":%" PRIu64 ",\"inits_seen\":%" PRIu64
-                ",\"dh\":%" PRIu64 ",\"dh_bound\":%" PRIu64 ",\"cookies_sent\":%" PRIu64
-                ",\"drop_auth\":%" PRIu64 ",\"drop_ratelimited\":%" PRIu64
-                ",\"drop_limit\":%" PRIu64 ",\"drop_malformed\":%" PRIu64
-                ",\"drop_unknown_session\":%" PRIu64 ",\"sessions_refused\":%" PRIu64
-                ",\"sessions_accepted\":%" PRIu64 ",\"halfopen_peak\":%u,\"halfopen_end\":%u,"
-                "\"sessions_end\":%u,\"send_failed\":%" PRIu64
-                ",\"bytes_sent_unvalidated\":%" PRIu64 ",\"bytes_recv_unvalidated\":%" PRIu64
-                ",\"flooder_got_resp\":%" PRIu64 ",\"flooder_got_cookie\":%" PRIu64
-                ",\"flooder_got_other\":%" PRIu64 ",",
-                x->flood_s, x->sent, x->sent_window, x->sent_per_s, x->send_errors, x->seen, x->dh,
-                x->dh_bound, x->d.cookies_sent, x->d.drop_auth, x->d.drop_ratelimited,
-                x->d.drop_limit, x->d.drop_malformed, x->d.drop_unknown_session,
-                x->d.sessions_refused, x->d.sessions_accepted, x->halfopen_peak, x->d.halfopen_now,
-                x->d.sessions_now, x->d.send_failed, x->d.bytes_sent_unvalidated,
-                x->d.bytes_recv_unvalidated, x->got_resp, x->got_cookie, x->got_other);
+        fprintf(
+            out,
+            "\"flood_s\":%.4f,\"inits_sent\":%" PRIu64 ",\"inits_sent_measured\":%" PRIu64
+            ",\"inits_per_s\":%.0f,\"send_errors\":%" PRIu64 ",\"inits_seen\":%" PRIu64
+            ",\"dh\":%" PRIu64 ",\"dh_bound\":%" PRIu64 ",\"dh_cookie\":%" PRIu64
+            ",\"cookies_sent\":%" PRIu64 ",\"drop_auth\":%" PRIu64 ",\"drop_ratelimited\":%" PRIu64
+            ",\"drop_limit\":%" PRIu64 ",\"drop_malformed\":%" PRIu64
+            ",\"drop_unknown_session\":%" PRIu64 ",\"sessions_refused\":%" PRIu64
+            ",\"sessions_accepted\":%" PRIu64 ",\"halfopen_peak\":%u,\"halfopen_end\":%u,"
+            "\"sessions_end\":%u,\"send_failed\":%" PRIu64 ",\"bytes_sent_unvalidated\":%" PRIu64
+            ",\"bytes_recv_unvalidated\":%" PRIu64 ",\"flooder_got_resp\":%" PRIu64
+            ",\"flooder_got_cookie\":%" PRIu64 ",\"flooder_got_other\":%" PRIu64 ",",
+            x->flood_s, x->sent, x->sent_window, x->sent_per_s, x->send_errors, x->seen, x->dh,
+            x->dh_bound, x->dh_cookie, x->d.cookies_sent, x->d.drop_auth, x->d.drop_ratelimited,
+            x->d.drop_limit, x->d.drop_malformed, x->d.drop_unknown_session, x->d.sessions_refused,
+            x->d.sessions_accepted, x->halfopen_peak, x->d.halfopen_now, x->d.sessions_now,
+            x->d.send_failed, x->d.bytes_sent_unvalidated, x->d.bytes_recv_unvalidated, x->got_resp,
+            x->got_cookie, x->got_other);
         if (x->gp.why[0])
             fprintf(out, "\"why\":\"%s\",", x->gp.why);
         tern_bench_json_stamp(out, &host, o->quick);
@@ -2498,7 +2507,8 @@ static void usage(FILE *f)
             "                at most %u)\n"
             "  --flood-kind K  flood: valid (valid mac1), bad (bad mac1) or both (default)\n"
             "  --flood-strict  flood: fail if any flood INIT cost a DH or a half-open\n"
-            "                session (default: fail above what the DoS policy allows)\n"
+            "                session, even in the detection burst (default: fail beyond\n"
+            "                the burst, min(load_burst, halfopen_max / 8))\n"
             "  --out PATH    JSON-lines results file to append to (default %s)\n",
             PROG, IDLE_CLIENTS_MAX, FL_SOURCES_MAX, TERN_BENCH_RESULTS_DEFAULT);
 }

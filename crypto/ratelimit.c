@@ -1,9 +1,13 @@
 /* Handshake rate limiting: token buckets in integer milli-tokens, one per
  * source in a fixed open-addressed table, plus one global bucket that says
- * when the server is under load. Memory is allocated once: a new source
- * takes a free slot among the PROBE slots after its hash, or evicts the
- * stalest of them. The table's hash is keyed (SipHash) so that no one can
- * aim many addresses at the same slots. */
+ * when the server is under load. Load is sticky (WireGuard's idea): once the
+ * global bucket runs dry, cookies stay required until it has not run dry
+ * for load_cooldown_ms, so a flood cannot win DH by pausing for a refill.
+ * A half-open table filled to 1/TERN_HALFOPEN_LOAD_DIV also counts as load,
+ * so sources that cannot answer a cookie hold no more than that. Memory is
+ * allocated once: a new source takes a free slot among the PROBE slots
+ * after its hash, or evicts the stalest of them. The table's hash is keyed
+ * (SipHash) so that no one can aim many addresses at the same slots. */
 #include <sodium.h>
 #include <string.h>
 
@@ -36,6 +40,9 @@ struct tern_ratelimit {
     uint32_t mask;
     entry *table;
     bucket load;
+    tern_ms dry_at; /* when the load bucket last ran dry, if dry_seen */
+    bool dry_seen;
+    uint32_t halfopen_cookie_at; /* half-open handshakes from which cookies are required */
     tern_ratelimit_stats stats;
 };
 
@@ -49,6 +56,7 @@ void tern_ratelimit_config_default(tern_ratelimit_config *cfg)
     cfg->capacity = 4096;
     cfg->load_rate = 1000;
     cfg->load_burst = 200;
+    cfg->load_cooldown_ms = 1000;
     cfg->halfopen_max = 1024;
 }
 
@@ -107,6 +115,9 @@ int tern_ratelimit_new(tern_ratelimit **out, const tern_ratelimit_config *cfg, c
     else
         randombytes_buf(rl->hash_key, sizeof(rl->hash_key));
     rl->load.tokens = (uint64_t)cfg->load_burst * MILLI;
+    rl->halfopen_cookie_at = cfg->halfopen_max / TERN_HALFOPEN_LOAD_DIV;
+    if (rl->halfopen_cookie_at == 0)
+        rl->halfopen_cookie_at = 1;
     rl->stats.capacity = cap;
     *out = rl;
     return 0;
@@ -200,7 +211,26 @@ bool tern_ratelimit_under_load(tern_ratelimit *rl, tern_ms now)
     if (take(&rl->load.tokens))
         return false;
     rl->stats.under_load++;
+    rl->dry_at = now > rl->dry_at ? now : rl->dry_at;
+    rl->dry_seen = true;
     return true;
+}
+
+bool tern_ratelimit_cookies_required(tern_ratelimit *rl, tern_ms now)
+{
+    if (!rl)
+        return true;
+    if (rl->stats.halfopen >= rl->halfopen_cookie_at) {
+        rl->stats.halfopen_load++;
+        rl->stats.cookies_required++;
+        return true;
+    }
+    /* An earlier now than the last dry time counts as no time passing. */
+    if (rl->dry_seen && (now <= rl->dry_at || now - rl->dry_at < rl->cfg.load_cooldown_ms)) {
+        rl->stats.cookies_required++;
+        return true;
+    }
+    return false;
 }
 
 int tern_ratelimit_halfopen_acquire(tern_ratelimit *rl)

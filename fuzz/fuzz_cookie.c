@@ -19,12 +19,18 @@
  * every such message; with mac2 needed it accepts only a message the client
  * MACed while holding a cookie; client_consume() accepts only a reply the
  * server wrote for the last message the client MACed, at most once per
- * message, and accepts that reply unmodified (only the nonce and the sealed cookie are compared: the
- * type and receiver id are the caller's to check); nothing leaks. */
+ * message, and accepts that reply unmodified (only the nonce and the sealed cookie are compared:
+ * the type and receiver id are the caller's to check); nothing leaks.
+ *
+ * A twin server, seeded alike, gets every call through the once-only path
+ * the transport uses (crypto/cookie_internal.h: mac1, mac2, reply from one
+ * verdict): it must answer as the public calls do, write byte-identical
+ * replies and end with the same stats. */
 #include <sodium.h>
 
 #include "fuzz_common.h"
 
+#include "crypto/cookie_internal.h"
 #include "tern/crypto.h"
 
 #define MSG_CAP 600
@@ -50,6 +56,7 @@ static uint8_t mac1_key[32];
 static uint8_t last_mac1[TERN_MAC_BYTES];
 static int have_last;
 static int client_has_cookie;
+static tern_cookie_server *twin; /* the once-only path, same seed */
 
 static void seeded_random(uint8_t *buf, size_t len, void *ud)
 {
@@ -94,6 +101,11 @@ static void check(tern_cookie_server *s, const uint8_t *msg, size_t len, const t
 {
     int r = tern_cookie_server_check(s, msg, len, a, need_mac2 != 0, now);
     int mac1 = ref_mac1_ok(msg, len);
+    tern_cookie_msg m;
+    int r2 = tern_cookie_server_mac1(twin, &m, msg, len, a);
+    if (r2 == 0 && need_mac2)
+        r2 = tern_cookie_server_mac2(twin, &m, now);
+    FUZZ_CHECK(r2 == r, "once-only path said %d where the public call said %d", r2, r);
     FUZZ_CHECK(r == 0 || r == TERN_ERR_DECRYPT || r == TERN_ERR_COOKIE || r == TERN_ERR_INVAL,
                "server_check: unexpected %d", r);
     FUZZ_CHECK(r != 0 || mac1, "server_check accepted %zu bytes without a valid mac1", len);
@@ -118,8 +130,8 @@ static void consume(tern_cookie_client *c, const uint8_t *reply, size_t len, ter
         int found = 0;
         for (size_t i = 0; i < n_replies && !found; i++)
             found = len == TERN_COOKIE_REPLY_BYTES &&
-                    memcmp(replies[i].b + 5, reply + 5, len - 5) == 0 &&
-                    have_last && memcmp(replies[i].mac1, last_mac1, TERN_MAC_BYTES) == 0;
+                    memcmp(replies[i].b + 5, reply + 5, len - 5) == 0 && have_last &&
+                    memcmp(replies[i].mac1, last_mac1, TERN_MAC_BYTES) == 0;
         FUZZ_CHECK(found, "client consumed %zu bytes that are no reply to its last message", len);
         client_has_cookie = 1;
         have_last = 0; /* one reply per message: a second one is refused (STATE) */
@@ -158,9 +170,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     tern_ms now = 5000;
     tern_cookie_client *c = NULL;
     tern_cookie_server *s = NULL;
+    fuzz_alloc alloc_t = {0};
+    tern_mem mt = fuzz_mem(&alloc_t);
+    uint64_t rng_twin = 42;
     FUZZ_CHECK(tern_cookie_client_new(&c, &server_kp.pub, &mc) == 0, "client_new");
     FUZZ_CHECK(tern_cookie_server_new(&s, &server_kp.pub, seeded_random, &rng, now, &ms) == 0,
                "server_new");
+    FUZZ_CHECK(tern_cookie_server_new(&twin, &server_kp.pub, seeded_random, &rng_twin, now, &mt) ==
+                   0,
+               "server_new (twin)");
 
     static uint8_t buf[MSG_CAP + 1];
     int ops = 0;
@@ -222,8 +240,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             tern_addr a;
             read_addr(&in, &a);
             uint8_t rep[TERN_COOKIE_REPLY_BYTES + 8];
-            tern_ssize r = tern_cookie_reply_write(s, 5, 0x1234, m->b, m->len, &a, now, rep,
-                                                   sizeof(rep));
+            tern_ssize r =
+                tern_cookie_reply_write(s, 5, 0x1234, m->b, m->len, &a, now, rep, sizeof(rep));
+            uint8_t rep2[TERN_COOKIE_REPLY_BYTES + 8];
+            tern_cookie_msg tm;
+            tern_ssize r2 = tern_cookie_server_mac1(twin, &tm, m->b, m->len, &a);
+            if (r2 == 0 || m->len < TERN_COOKIE_REPLY_BYTES)
+                r2 = tern_cookie_server_reply(twin, &tm, 5, 0x1234, now, rep2, sizeof(rep2));
+            FUZZ_CHECK(r2 == r, "once-only reply gave %d, the public call %d", (int)r2, (int)r);
+            FUZZ_CHECK(r <= 0 || memcmp(rep, rep2, (size_t)r) == 0,
+                       "once-only reply differs from the public call's");
             if (r < 0) {
                 FUZZ_CHECK(r == TERN_ERR_MSGSIZE || r == TERN_ERR_INVAL,
                            "reply_write to a genuine message: %d", (int)r);
@@ -234,8 +260,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             FUZZ_CHECK(r == TERN_COOKIE_REPLY_BYTES && m->len >= TERN_COOKIE_REPLY_BYTES,
                        "reply of %d bytes to %zu", (int)r, m->len);
             uint32_t rid;
-            FUZZ_CHECK(tern_cookie_reply_peek(rep, (size_t)r, &rid) == 0 && rid == 0x1234,
-                       "peek");
+            FUZZ_CHECK(tern_cookie_reply_peek(rep, (size_t)r, &rid) == 0 && rid == 0x1234, "peek");
             reply_rec *rr = &replies[n_replies < MAX_REPLIES ? n_replies++ : MAX_REPLIES - 1];
             memcpy(rr->b, rep, TERN_COOKIE_REPLY_BYTES);
             memcpy(rr->mac1, m->b + m->len - TERN_MACS_BYTES, TERN_MAC_BYTES);
@@ -263,9 +288,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
     }
 
+    tern_cookie_stats st_s, st_t;
+    tern_cookie_server_get_stats(s, &st_s);
+    tern_cookie_server_get_stats(twin, &st_t);
+    FUZZ_CHECK(memcmp(&st_s, &st_t, sizeof(st_s)) == 0, "the twin's stats differ");
     tern_cookie_client_del(c);
     tern_cookie_server_del(s);
-    FUZZ_CHECK(alloc_c.live_allocs == 0 && alloc_s.live_allocs == 0, "leak: %zu + %zu blocks",
-               alloc_c.live_allocs, alloc_s.live_allocs);
+    tern_cookie_server_del(twin);
+    twin = NULL;
+    FUZZ_CHECK(alloc_c.live_allocs == 0 && alloc_s.live_allocs == 0 && alloc_t.live_allocs == 0,
+               "leak: %zu + %zu + %zu blocks", alloc_c.live_allocs, alloc_s.live_allocs,
+               alloc_t.live_allocs);
     return 0;
 }

@@ -2,7 +2,8 @@
  *
  *   client                                   server
  *   INIT (sender id, Noise msg 1, mac1, mac2) ->
- *                                            mac1 ok? under load -> COOKIE_REPLY
+ *                                            mac1 ok? under load and no valid
+ *                                            mac2 -> COOKIE_REPLY
  *                                            per-source rate, half-open limit
  *                                            Noise read (DH), allow-list
  *   <- RESP (sender id, receiver id, Noise msg 2)      session half-open
@@ -10,13 +11,18 @@
  *
  * The server spends DH only on an INIT whose mac1 proves knowledge of its
  * public key (or PSK), and when under load only on one that also echoes a
- * cookie bound to the source address. Before the first DATA proves the
+ * cookie bound to the source address. Under load is sticky (for the
+ * ratelimit's load_cooldown_ms after the global bucket last ran dry) and
+ * also holds while the half-open table is an eighth full, so spoofed
+ * sources get at most the detection burst of DH and of half-open slots
+ * (see tern/crypto_dos.h). Before the first DATA proves the
  * client owns its address, the server sends it at most one RESP or COOKIE
  * per INIT, each smaller than the INIT: amplification below one. Plaintext
  * sessions run the same exchange with no Noise message. */
 #include <sodium.h>
 #include <string.h>
 
+#include "crypto/cookie_internal.h"
 #include "crypto/packet_internal.h"
 #include "transport/internal.h"
 
@@ -65,7 +71,6 @@ int tern_ep_new_noise(tern_endpoint *ep, bool initiator, tern_noise **out)
         nc.psk = &ep->psk;
     return tern_noise_new(out, &nc, &ep->mem);
 }
-
 
 /* ---- client ---- */
 
@@ -225,7 +230,6 @@ static uint32_t fresh_id(tern_endpoint *ep)
     }
 }
 
-
 void tern_ep_handle_init(tern_endpoint *ep, const uint8_t *p, size_t len,
                          const struct sockaddr *from, tern_ms now)
 {
@@ -247,7 +251,8 @@ void tern_ep_handle_init(tern_endpoint *ep, const uint8_t *p, size_t len,
     tern_ep_addr_bytes(from, &src);
 
     /* 1. mac1: costs a hash, rules out anyone who does not know the key. */
-    int rc = tern_cookie_server_check(ep->cookie_server, p, len, &src, false, now);
+    tern_cookie_msg cm; /* mac1's verdict, for mac2 and the reply: one hash each */
+    int rc = tern_cookie_server_mac1(ep->cookie_server, &cm, p, len, &src);
     if (rc < 0) {
         ep->stats.drop_auth++;
         return;
@@ -263,13 +268,26 @@ void tern_ep_handle_init(tern_endpoint *ep, const uint8_t *p, size_t len,
         return;
     }
     /* 2. Under load, only initiations that echo a cookie proving the
-     * source address go on; the others get a cookie and cost no state. */
-    if (tern_ratelimit_under_load(ep->ratelimit, now)) {
-        rc = tern_cookie_server_check(ep->cookie_server, p, len, &src, true, now);
+     * source address go on; the others get a cookie and cost no state. A
+     * token is taken only when cookies are not already required: a proven
+     * INIT must not compete with a flood for the global bucket. */
+    bool charged = false, proven = false;
+    bool need_cookie = tern_ratelimit_cookies_required(ep->ratelimit, now);
+    if (!need_cookie) {
+        need_cookie = tern_ratelimit_under_load(ep->ratelimit, now);
+        charged = true;
+    }
+    if (need_cookie) {
+        rc = tern_cookie_server_mac2(ep->cookie_server, &cm, now);
         if (rc == TERN_ERR_COOKIE) {
+            /* Unproven demand drains the bucket even while cookies are
+             * required, so a flood above load_rate keeps the server under
+             * load for as long as it lasts. */
+            if (!charged)
+                (void)tern_ratelimit_under_load(ep->ratelimit, now);
             uint8_t reply[TERN_COOKIE_REPLY_BYTES];
-            tern_ssize n = tern_cookie_reply_write(ep->cookie_server, TERN_WIRE_COOKIE, sender, p,
-                                                   len, &src, now, reply, sizeof(reply));
+            tern_ssize n = tern_cookie_server_reply(ep->cookie_server, &cm, TERN_WIRE_COOKIE,
+                                                    sender, now, reply, sizeof(reply));
             if (n > 0) {
                 tern_ep_send_raw(ep, reply, (size_t)n, from);
                 ep->stats.cookies_sent++;
@@ -281,6 +299,7 @@ void tern_ep_handle_init(tern_endpoint *ep, const uint8_t *p, size_t len,
             ep->stats.drop_auth++;
             return;
         }
+        proven = true;
     }
     /* 3. Per source, then the global caps. */
     if (tern_ratelimit_allow(ep->ratelimit, &src, now) < 0) {
@@ -312,7 +331,11 @@ void tern_ep_handle_init(tern_endpoint *ep, const uint8_t *p, size_t len,
     memcpy(&s->peer, from, tern_ep_addr_len(from));
     s->peer_addr = src;
 
-    /* 4. The DH work. */
+    /* 4. The DH work, counted by whether the source proved its address. */
+    if (proven)
+        ep->stats.handshakes_cookie++;
+    else
+        ep->stats.handshakes_unproven++;
     uint8_t *resp = s->hs_msg;
     resp[0] = TERN_WIRE_RESP;
     tern_wire_put32(resp + 1, s->local_id);

@@ -52,6 +52,23 @@
  * (then cookies are required), and a count of half-open handshakes with a
  * cap. Deterministic given the times passed in and the hash key.
  *
+ * A server asks tern_ratelimit_cookies_required() first for each initiation
+ * (mac1 already checked). Cookies are required while either holds:
+ *   - the global bucket ran dry less than load_cooldown_ms ago ("under
+ *     load" is sticky: a flood that pauses to let the bucket refill gets no
+ *     DH for it);
+ *   - half-open handshakes number halfopen_max / TERN_HALFOPEN_LOAD_DIV (at
+ *     least 1) or more, so sources that cannot answer a cookie never hold
+ *     more slots than that and cookie-proven clients find the rest free.
+ * Otherwise it takes a token with tern_ratelimit_under_load(); none left
+ * means under load from now. An initiation without a valid cookie that is
+ * answered with a cookie is still charged to the bucket (under_load() again,
+ * its answer unused): the bucket measures the rate of unproven initiations,
+ * and one above load_rate keeps it dry and the server under load. One that
+ * brings a valid cookie takes no global token: its address is proven, the
+ * per-source bucket and the half-open cap bound it, and a flood that keeps
+ * the bucket dry must not starve it.
+ *
  * ---- key files ----
  *
  * A key file holds one line: the 32-byte key in standard base64 with
@@ -93,6 +110,8 @@ extern "C" {
 /* How long a client uses a cookie: less than the secret's lifetime, minus
  * a margin for the time the reply spent in flight. */
 #define TERN_COOKIE_CLIENT_TTL_MS 115000U
+/* Cookies are required once half-open handshakes reach halfopen_max / 8. */
+#define TERN_HALFOPEN_LOAD_DIV 8U
 /* The longest address: 16 bytes of IPv6 + 2 of port. */
 #define TERN_ADDR_MAX 18U
 
@@ -167,7 +186,9 @@ TERN_API void tern_cookie_server_del(tern_cookie_server *s);
 
 /* Checks the MACs at the end of msg (msg_len counts them) from src: mac1
  * always, mac2 only when need_mac2. Stateless: nothing is stored per
- * client. Returns, in constant time with respect to the MACs:
+ * client. The time taken depends only on what the sender knows: whether
+ * mac2 is 16 zero bytes ("no cookie": refused unhashed), and for a valid
+ * mac2 which secret its cookie was made under. Returns:
  *   0                   accept: do the handshake;
  *   TERN_ERR_DECRYPT    mac1 is wrong (or msg is too short): drop silently;
  *   TERN_ERR_COOKIE     mac2 was needed and is not valid for src under the
@@ -209,7 +230,12 @@ typedef struct tern_ratelimit_config {
     uint32_t load_rate;        /* handshakes per second, all sources, before the
                                 * server is under load (default 1000) */
     uint32_t load_burst;       /* (default 200) */
-    uint32_t halfopen_max;     /* half-open handshakes at once (default 1024) */
+    uint32_t load_cooldown_ms; /* cookies stay required this long after the global
+                                * bucket last ran dry (default 1000; 0: only
+                                * while it is dry) */
+    uint32_t halfopen_max;     /* half-open handshakes at once (default 1024);
+                                * from halfopen_max / TERN_HALFOPEN_LOAD_DIV
+                                * of them, cookies are required */
     tern_random_fn random;     /* for the table's hash key; NULL: randombytes_buf() */
     void *random_user_data;
 } tern_ratelimit_config;
@@ -221,6 +247,8 @@ typedef struct tern_ratelimit_stats {
     uint64_t load_checks;      /* tern_ratelimit_under_load() calls */
     uint64_t under_load;       /* ... that said true */
     uint64_t halfopen_refused; /* tern_ratelimit_halfopen_acquire() refusals */
+    uint64_t cookies_required; /* tern_ratelimit_cookies_required() said true */
+    uint64_t halfopen_load;    /* ... because of the half-open count */
     uint32_t tracked;          /* sources in the table now */
     uint32_t capacity;
     uint32_t halfopen; /* half-open handshakes now */
@@ -241,8 +269,18 @@ TERN_API void tern_ratelimit_del(tern_ratelimit *rl);
 TERN_API int tern_ratelimit_allow(tern_ratelimit *rl, const tern_addr *src, tern_ms now);
 
 /* Takes one token from the global bucket; true when there is none, that is
- * the server is under load and should require cookies (mac2). */
+ * the server is under load and should require cookies (mac2). A true answer
+ * also starts (or restarts) the load_cooldown_ms during which
+ * tern_ratelimit_cookies_required() says true. NULL rl: true. */
 TERN_API bool tern_ratelimit_under_load(tern_ratelimit *rl, tern_ms now);
+
+/* Whether an initiation must bring a valid cookie before any DH, without
+ * taking a token: true while the global bucket ran dry less than
+ * load_cooldown_ms before now (an earlier now counts as no time passing),
+ * or while half-open handshakes number halfopen_max / TERN_HALFOPEN_LOAD_DIV
+ * (at least 1) or more. false: ask tern_ratelimit_under_load() next. NULL
+ * rl: true. */
+TERN_API bool tern_ratelimit_cookies_required(tern_ratelimit *rl, tern_ms now);
 
 /* A half-open handshake starts (0) or is refused (TERN_ERR_RATE, at
  * halfopen_max); release it when it completes or is abandoned. */

@@ -253,6 +253,11 @@ typedef struct tern_endpoint_stats {
     uint64_t send_failed;         /* the socket refused a datagram */
     uint64_t bytes_sent_unvalidated; /* to addresses not yet proven */
     uint64_t bytes_recv_unvalidated; /* from them */
+    /* Responder handshakes started (with Noise: the DH) for initiations
+     * whose cookie was not checked (the server was not under load), and
+     * for those that brought a valid one. */
+    uint64_t handshakes_unproven;
+    uint64_t handshakes_cookie;
 } tern_endpoint_stats;
 
 TERN_API void tern_endpoint_get_stats(const tern_endpoint *ep, tern_endpoint_stats *out);
