@@ -189,9 +189,19 @@ void tern_ep_session_gone(tern_session *s)
     if (s->by_key && tern_map_get(&ep->by_key, s->by_key) == s)
         tern_map_del(&ep->by_key, s->by_key);
     heap_remove(ep, s);
-    /* Not freed here: the caller may be deep inside this session's code.
-     * The reaper runs from the loop. */
-    s->dirty_next = NULL;
+    /* Off the list of sessions to flush, or the reaper would free it while
+     * it is still linked there. A session in the batch run_dirty() is
+     * working through is not on that list: the batch skips the dead, and
+     * the reaper runs after it. Cutting dirty_next without unlinking would
+     * lose every session after it in the list. */
+    for (tern_session **p = &ep->dirty; s->dirty && *p; p = &(*p)->dirty_next) {
+        if (*p == s) {
+            *p = s->dirty_next;
+            s->dirty_next = NULL;
+            s->dirty = false;
+            break;
+        }
+    }
     s->next_dead = ep->reap;
     ep->reap = s;
     ep->stats.sessions_closed++;
@@ -256,9 +266,14 @@ static void run_dirty(tern_endpoint *ep)
     /* Flushing may dirty other sessions (callbacks write): loop until calm,
      * but never more than a few rounds in one iteration. */
     for (int round = 0; round < 4 && (ep->dirty || ep->reap_streams || ep->reap); round++) {
-        while (ep->dirty) {
-            tern_session *s = ep->dirty;
-            ep->dirty = s->dirty_next;
+        /* This round flushes the sessions dirty when it starts. One that
+         * its own flush dirties again (a retry that keeps failing) waits for
+         * the next round or iteration, instead of spinning here forever. */
+        tern_session *batch = ep->dirty;
+        ep->dirty = NULL;
+        while (batch) {
+            tern_session *s = batch;
+            batch = s->dirty_next;
             s->dirty_next = NULL;
             s->dirty = false;
             if (s->state == SESSION_DEAD)

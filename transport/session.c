@@ -385,7 +385,11 @@ static int control_send(tern_session *s, const uint8_t *msg, size_t len, tern_ms
             return rc;
     }
     int rc = tern_kcp_send(s->control, msg, len, now);
-    tern_ep_mark_dirty(s);
+    /* A failed send (the control queue full) is retried by whoever asked,
+     * at the next flush an ACK or a timer brings; marking the session
+     * dirty for it would spin the loop. */
+    if (rc == 0)
+        tern_ep_mark_dirty(s);
     return rc;
 }
 
