@@ -77,6 +77,9 @@ FUZZ_QUICK_SEED ?= 1
 BENCH_NAMES := $(sort $(patsubst bench/%.c,%,$(wildcard bench/bench_*.c)))
 FUZZ_SECONDS ?= 60
 FUZZ_SEED ?=
+# One input running longer than this (seconds) is a hang: libFuzzer saves it
+# and fails, instead of waiting its default 20 minutes.
+FUZZ_TIMEOUT ?= 25
 FUZZ_SEED_ARG = $(if $(strip $(FUZZ_SEED)),-seed=$(strip $(FUZZ_SEED)))
 FUZZ_TARGETS ?= $(sort $(patsubst fuzz/fuzz_%.c,%,$(wildcard fuzz/fuzz_*.c)))
 FORMAT_DIRS := $(wildcard include kcp crypto common netsim sim tests bench tools)
@@ -214,7 +217,7 @@ fuzz: deps
 	    bin=$(FUZZ_DIR)/fuzz/fuzz_$$n; new=$(FUZZ_DIR)/fuzz/new/$$n; art=$(FUZZ_DIR)/fuzz/artifacts/$$n; \
 	    mkdir -p "$$new" "$$art" "fuzz/corpus/$$n"; \
 	    echo "==> tern: fuzz_$$n for $(FUZZ_SECONDS) s"; \
-	    if ! env $(SAN_ENV) "$$bin" -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 $(FUZZ_SEED_ARG) \
+	    if ! env $(SAN_ENV) "$$bin" -max_total_time=$(FUZZ_SECONDS) -timeout=$(FUZZ_TIMEOUT) -print_final_stats=1 $(FUZZ_SEED_ARG) \
 	            -artifact_prefix="$$art/" "$$new" "fuzz/corpus/$$n"; then \
 	        echo "==> tern: fuzz_$$n FAILED; the input is in $$art/" >&2; \
 	        failed="$$failed $$n"; continue; \
