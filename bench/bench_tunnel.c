@@ -31,7 +31,6 @@
  * a usage error, 1 when a tern run broke (data corrupted, a process died, a
  * run stalled past --timeout) or nothing could run. A kcptun run that breaks
  * is reported as such and does not change the exit status. */
-#define _GNU_SOURCE /* getloadavg */
 
 #include <dirent.h>
 #include <errno.h>
@@ -49,7 +48,6 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/utsname.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -690,41 +688,7 @@ static void on_signal(uv_signal_t *h, int signum)
 
 /* ---- machine, keys, programs ---------------------------------------------------------- */
 
-typedef struct machine {
-    long nproc;
-    char cpu[128];
-    char kernel[128];
-} machine;
-
-static machine host;
-
-static void machine_init(void)
-{
-    host.nproc = sysconf(_SC_NPROCESSORS_ONLN);
-    snprintf(host.cpu, sizeof(host.cpu), "unknown");
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    char line[512];
-    while (f && fgets(line, sizeof(line), f)) {
-        char *colon = strchr(line, ':');
-        if (strncmp(line, "model name", 10) == 0 && colon) {
-            colon++;
-            while (*colon == ' ' || *colon == '\t')
-                colon++;
-            colon[strcspn(colon, "\n")] = '\0';
-            size_t n = 0; /* kept JSON-safe: no quotes, backslashes or controls */
-            for (const char *c = colon; *c && n + 1 < sizeof(host.cpu); c++)
-                if (*c != '"' && *c != '\\' && (unsigned char)*c >= 0x20)
-                    host.cpu[n++] = *c;
-            host.cpu[n] = '\0';
-            break;
-        }
-    }
-    if (f)
-        fclose(f);
-    struct utsname u;
-    if (uname(&u) == 0)
-        snprintf(host.kernel, sizeof(host.kernel), "%s", u.release);
-}
+static tern_bench_machine host;
 
 /* name in dir, or (dir "") the first executable one on $PATH. */
 static bool find_program(const char *dir, const char *name, char *out, size_t cap)
@@ -898,17 +862,8 @@ static void write_json(const shared *s, const run *r, unsigned rep, const result
                                         cpu_total(ref) / (double)ref->bytes)));
         }
     }
-    char date[32];
-    double load[3] = {-1, -1, -1};
-    tern_bench_utc_now(date, sizeof(date));
-    if (getloadavg(load, 3) != 3)
-        load[0] = load[1] = load[2] = -1;
-    fprintf(f,
-            ",\"quick\":%s,\"nproc\":%ld,\"cpu\":\"%s\",\"kernel\":\"%s\","
-            "\"loadavg\":[%.2f,%.2f,%.2f],\"date\":\"%s\"}\n",
-            o->quick ? "true" : "false", host.nproc, host.cpu, host.kernel, load[0], load[1],
-            load[2], date);
-    fflush(f);
+    fputc(',', f);
+    tern_bench_json_stamp(f, &host, o->quick);
 }
 
 /* ---- the table ------------------------------------------------------------------------ */
@@ -1327,9 +1282,8 @@ static void print_header(const bench *b)
 {
     const shared *s = &b->s;
     const options *o = &s->o;
-    double load[3] = {-1, -1, -1};
-    if (getloadavg(load, 3) != 3)
-        load[0] = load[1] = load[2] = -1;
+    double load[3];
+    tern_bench_loadavg(load);
     char date[32];
     tern_bench_utc_now(date, sizeof(date));
     printf(PROG ": tern-tunnel %s vs kcptun through tern-netsim on 127.0.0.1\n",
@@ -1502,7 +1456,7 @@ int main(int argc, char **argv)
     shared *s = &b->s;
     int status = parse_args(argc, argv, &s->o);
     if (status < 0) {
-        machine_init();
+        tern_bench_machine_init(&host);
         status = setup(b);
     }
     if (status < 0) {
