@@ -343,26 +343,32 @@ static void advance(void *data);
 
 /* ---- the children ---- */
 
-static void spawn_server(run *r)
+/* One end of the tunnel under test, kcptun or tern-tunnel, with the same
+ * tuning at both ends: the server forwards to the TCP target (-t), the
+ * client to tern-netsim (-r). */
+static void spawn_tunnel(run *r, child_id id)
 {
     shared *s = r->s;
-    char target[64], listen[64];
-    snprintf(target, sizeof(target), "127.0.0.1:%u", (unsigned)r->load.sink_port);
+    bool server = id == SERVER;
+    char peer[64], listen[64];
+    snprintf(peer, sizeof(peer), "127.0.0.1:%u",
+             (unsigned)(server ? r->load.sink_port : child(r, NETSIM)->port));
     const char *mode = mode_names[r->mode];
     tern_proc_args a = {.n = 0};
     if (r->line == LINE_KCPTUN) {
-        tern_proc *c = child(r, SERVER);
-        c->port = free_port(SOCK_DGRAM);
+        tern_proc *c = child(r, id);
+        c->port = free_port(server ? SOCK_DGRAM : SOCK_STREAM);
         if (!c->port) {
-            fail(r, "no free UDP port on 127.0.0.1 for the kcptun server");
+            fail(r, server ? "no free UDP port on 127.0.0.1 for the kcptun server"
+                           : "no free TCP port on 127.0.0.1 for the kcptun client");
             return;
         }
         snprintf(listen, sizeof(listen), "127.0.0.1:%u", (unsigned)c->port);
-        const char *const args[] = {s->kcptun_server,
+        const char *const args[] = {server ? s->kcptun_server : s->kcptun_client,
                                     "-l",
                                     listen,
-                                    "-t",
-                                    target,
+                                    server ? "-t" : "-r",
+                                    peer,
                                     "--crypt",
                                     "none",
                                     "--mode",
@@ -380,23 +386,42 @@ static void spawn_server(run *r)
                                     "--nocomp",
                                     "--sockbuf",
                                     SOCKBUF_KCPTUN,
-                                    "--quiet",
                                     NULL};
         tern_proc_args_add(&a, args);
+        if (!server) {
+            tern_proc_arg(&a, "--conn");
+            tern_proc_arg(&a, "1");
+        }
+        tern_proc_arg(&a, "--quiet");
     } else {
-        const char *const args[] = {
-            s->tern_tunnel, "server", "-l",        "127.0.0.1:0", "-t",   target,     "--mode",
-            mode,           "--mtu",  MTU,         "--sndwnd",    WINDOW, "--rcvwnd", WINDOW,
-            "--cc",         "none",   "--sockbuf", SOCKBUF_TERN,  NULL};
+        const char *const args[] = {s->tern_tunnel,
+                                    server ? "server" : "client",
+                                    "-l",
+                                    "127.0.0.1:0",
+                                    server ? "-t" : "-r",
+                                    peer,
+                                    "--mode",
+                                    mode,
+                                    "--mtu",
+                                    MTU,
+                                    "--sndwnd",
+                                    WINDOW,
+                                    "--rcvwnd",
+                                    WINDOW,
+                                    "--cc",
+                                    "none",
+                                    "--sockbuf",
+                                    SOCKBUF_TERN,
+                                    NULL};
         tern_proc_args_add(&a, args);
         if (r->line == LINE_NK) {
-            tern_proc_arg(&a, "--key-file");
-            tern_proc_arg(&a, s->key_path);
+            tern_proc_arg(&a, server ? "--key-file" : "--peer-key");
+            tern_proc_arg(&a, server ? s->key_path : s->peer_key);
         } else {
             tern_proc_arg(&a, "--insecure");
         }
     }
-    (void)tern_proc_spawn(child(r, SERVER), &a);
+    (void)tern_proc_spawn(child(r, id), &a);
 }
 
 static void spawn_netsim(run *r)
@@ -412,64 +437,6 @@ static void spawn_netsim(run *r)
     tern_proc_args a = {.n = 0};
     tern_proc_args_add(&a, args);
     (void)tern_proc_spawn(child(r, NETSIM), &a);
-}
-
-static void spawn_client(run *r)
-{
-    shared *s = r->s;
-    char remote[64], listen[64];
-    snprintf(remote, sizeof(remote), "127.0.0.1:%u", (unsigned)child(r, NETSIM)->port);
-    const char *mode = mode_names[r->mode];
-    tern_proc_args a = {.n = 0};
-    if (r->line == LINE_KCPTUN) {
-        tern_proc *c = child(r, CLIENT);
-        c->port = free_port(SOCK_STREAM);
-        if (!c->port) {
-            fail(r, "no free TCP port on 127.0.0.1 for the kcptun client");
-            return;
-        }
-        snprintf(listen, sizeof(listen), "127.0.0.1:%u", (unsigned)c->port);
-        const char *const args[] = {s->kcptun_client,
-                                    "-l",
-                                    listen,
-                                    "-r",
-                                    remote,
-                                    "--crypt",
-                                    "none",
-                                    "--mode",
-                                    mode,
-                                    "--mtu",
-                                    MTU,
-                                    "--sndwnd",
-                                    WINDOW,
-                                    "--rcvwnd",
-                                    WINDOW,
-                                    "--datashard",
-                                    "0",
-                                    "--parityshard",
-                                    "0",
-                                    "--nocomp",
-                                    "--sockbuf",
-                                    SOCKBUF_KCPTUN,
-                                    "--conn",
-                                    "1",
-                                    "--quiet",
-                                    NULL};
-        tern_proc_args_add(&a, args);
-    } else {
-        const char *const args[] = {
-            s->tern_tunnel, "client", "-l",        "127.0.0.1:0", "-r",   remote,     "--mode",
-            mode,           "--mtu",  MTU,         "--sndwnd",    WINDOW, "--rcvwnd", WINDOW,
-            "--cc",         "none",   "--sockbuf", SOCKBUF_TERN,  NULL};
-        tern_proc_args_add(&a, args);
-        if (r->line == LINE_NK) {
-            tern_proc_arg(&a, "--peer-key");
-            tern_proc_arg(&a, s->peer_key);
-        } else {
-            tern_proc_arg(&a, "--insecure");
-        }
-    }
-    (void)tern_proc_spawn(child(r, CLIENT), &a);
 }
 
 /* ---- the measured span: from the connect to the last byte or echo ---- */
@@ -521,7 +488,7 @@ static void advance(void *data)
     }
     if (r->phase == PH_NETSIM && child(r, NETSIM)->ready && !r->stopping) {
         r->phase = PH_CLIENT;
-        spawn_client(r);
+        spawn_tunnel(r, CLIENT);
     }
     const tern_proc *cli = child(r, CLIENT);
     if (r->phase == PH_CLIENT && cli->ready && cli->connected && !r->stopping) {
@@ -667,7 +634,7 @@ static void run_one(shared *s, run *r)
     if (r->line == LINE_KCPTUN)
         uv_timer_start(&r->poll_timer, on_poll, POLL_MS, POLL_MS);
     if (!r->failed && tern_tcpload_listen(&r->load) == 0)
-        spawn_server(r);
+        spawn_tunnel(r, SERVER);
     if (r->failed)
         stop_all(r);
     uv_run(&s->loop, UV_RUN_DEFAULT);
