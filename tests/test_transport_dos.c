@@ -141,6 +141,15 @@ static void server_config(tern_endpoint_config *cfg)
     cfg->channels[0] = (tern_channel_config){.kind = TERN_CHANNEL_RELIABLE_ORDERED, .weight = 1};
 }
 
+/* A real client of a server set up by server_config(). */
+static void client_config(tern_endpoint_config *cfg, const tern_endpoint_config *srv)
+{
+    tern_endpoint_config_default(cfg);
+    cfg->noise.server_public = &server_kp.pub;
+    cfg->n_channels = 1;
+    cfg->channels[0] = srv->channels[0];
+}
+
 Test(dos, amplification_below_one_not_under_load)
 {
     accepted = 0;
@@ -195,10 +204,7 @@ Test(dos, under_load_cookies_only_no_state_live_session_served)
 
     /* A live session first. */
     tern_endpoint_config ccfg;
-    tern_endpoint_config_default(&ccfg);
-    ccfg.noise.server_public = &server_kp.pub;
-    ccfg.n_channels = 1;
-    ccfg.channels[0] = cfg.channels[0];
+    client_config(&ccfg, &cfg);
     tern_endpoint *cli = tu_endpoint(&loop, &ccfg);
     struct sockaddr_storage to = tu_local(srv);
     const struct sockaddr *addrs[] = {(const struct sockaddr *)&to};
@@ -401,10 +407,7 @@ Test(dos, spoofed_flood_does_not_lock_out_a_real_client)
     cr_assert_eq(tern_endpoint_listen(srv, on_accept), 0);
 
     tern_endpoint_config ccfg;
-    tern_endpoint_config_default(&ccfg);
-    ccfg.noise.server_public = &server_kp.pub;
-    ccfg.n_channels = 1;
-    ccfg.channels[0] = cfg.channels[0];
+    client_config(&ccfg, &cfg);
     /* It must get in while the flood still runs. */
     ccfg.handshake_timeout_ms = SPOOF_MS - SPOOF_CLIENT_AT - 200;
     tern_endpoint *cli = tu_endpoint(&loop, &ccfg);
