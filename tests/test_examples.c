@@ -310,6 +310,10 @@ Test(examples, game_snapshots_and_chat_broadcast)
     cr_assert(tool_wait_text(&b, false, "game_loop: client bound to 0.0.0.0:", START_MS), "%s",
               b.err);
     cr_assert(tool_wait_text(&b, false, "game_loop: connected to", START_MS), "%s", b.err);
+    /* The server numbers players as it accepts them, which is on the
+     * client's first data, not on its handshake: b must be player 1 before
+     * a starts, or a loaded machine can let a in first. */
+    cr_assert(tool_wait_text(&srv, true, "player 1 joined from", START_MS), "%s", srv.out);
     spawn(&a, TERN_GAME_LOOP_BIN,
           ARGS("client", "--server-key", si.key, "--chat", "hello from a", "--duration", "1s",
                si.addr),
